@@ -1,0 +1,79 @@
+"""The two conversions: eager -> TorchScript (traced, frozen, optimised when faster) and -> ONNX."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["ONNX_OPSET", "export_onnx", "torchscript_is_wanted", "trace_torchscript"]
+
+# Opset 17 is supported by every ONNX Runtime of the last years and has all ops these CNNs need.
+ONNX_OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@contextmanager
+def torchscript_is_wanted() -> Iterator[None]:
+    """Silences the warnings that torch.jit and the TorchScript-based ONNX exporter give on every
+    use: they are deprecated upstream, but our user asked for TorchScript artifacts on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # The static TF-style padding traces to Slice ops the exporter can't fold; harmless.
+        warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+        yield
+
+
+def trace_torchscript(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[torch.jit.ScriptModule, bool]:
+    """Traces and freezes ``model``, and says whether ``optimize_for_inference`` makes it faster.
+
+    The frozen module is what gets saved: an optimised one may hold MKLDNN constants that
+    ``torch.jit.load`` can't read back in another process, so the server optimises at load time
+    when the manifest says it pays.
+    """
+    with torchscript_is_wanted(), torch.no_grad():
+        frozen = torch.jit.freeze(_trace(model, example))
+        optimized = torch.jit.optimize_for_inference(torch.jit.freeze(_trace(model, example)))
+        faster = _seconds_per_call(optimized, example) < 0.95 * _seconds_per_call(frozen, example)
+    return frozen, faster
+
+
+def _trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    traced: torch.jit.ScriptModule = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
+    return traced.eval()
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Writes ONNX with a dynamic batch axis, so one file serves every batch size."""
+    with torchscript_is_wanted(), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+
+
+def _seconds_per_call(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
+    """Best of a few timed calls after warm-up (the first calls of a TorchScript module compile)."""
+    for _ in range(2):
+        module(x)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        module(x)
+        best = min(best, time.perf_counter() - start)
+    return best
