@@ -1,0 +1,60 @@
+# torchgrpc: every command a user or CI runs. `make serve` and `make test` set everything up first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= efficientnet_lite0
+BACKEND ?= onnxruntime
+WEIGHTS ?=
+PORT ?= 50052
+SERVER ?= localhost:$(PORT)
+IMAGES ?= export/sample_images/cat.jpg export/sample_images/coffee.jpg
+
+.PHONY: help venv export serve client compare test lint protos clean
+
+help:
+	@echo "make serve [MODEL=efficientnet_lite0|resnet34] [BACKEND=onnxruntime|torchscript|eager] [PORT=50052]"
+	@echo "make export [MODEL=...] [WEIGHTS=|random|path/to/state_dict.pth]"
+	@echo "make client [IMAGES='a.jpg b.png'] [SERVER=host:port]"
+	@echo "make compare [MODEL=...]    backend latency and throughput, table + JSON + chart"
+	@echo "make test                    lint, type-check and the whole test suite"
+	@echo "make protos                  regenerate serve/pb/ from protos/"
+
+# The virtual environment, rebuilt when the dependencies change.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+export: venv
+	$(PY) -m export --model $(MODEL) --weights '$(WEIGHTS)'
+
+# `make serve` exports first only when the model has never been exported: a folder exported with
+# other WEIGHTS is served as it is.
+artifacts/%/manifest.json: | venv
+	$(PY) -m export --model $* --weights '$(WEIGHTS)'
+
+serve: venv artifacts/$(MODEL)/manifest.json
+	$(PY) -m serve --model $(MODEL) --backend $(BACKEND) --port $(PORT)
+
+client: venv
+	$(PY) -m serve.client $(IMAGES) --server $(SERVER)
+
+compare: venv artifacts/$(MODEL)/manifest.json
+	$(PY) -m serve.compare --model $(MODEL)
+
+protos: venv
+	$(PY) protos/generate.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) artifacts/*/ .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,37 @@
+"""`python -m serve --backend onnxruntime --model efficientnet_lite0 --port 50052` (see --help)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from serve.backends import ArtifactError
+from serve.config import add_arguments, config_from_args
+from serve.server import run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve", description="Serve exported models over gRPC."
+    )
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG shows one line per request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        run(config)
+    except (ArtifactError, OSError) as error:
+        logging.getLogger("serve").error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Dynamic batching across requests: one ``Batcher`` per model, in every request's path.
+
+Each image is queued as its own item carrying its own future, so a request with many images may be
+split across batches and is reassembled in order by awaiting its futures. Every model instance has a
+worker task that takes whatever is queued (up to ``max_batch_size``) the moment it is free: an idle
+server starts work at once, a busy one forms bigger batches. ``max_queue_delay`` optionally waits a
+little longer for a fuller batch. Cancelled or expired items are dropped before the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from serve.errors import ResourceExhausted, TorchgrpcError
+
+__all__ = ["BatchError", "Batcher", "BatchingConfig", "DeadlineExpired"]
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+class DeadlineExpired(TorchgrpcError):
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class BatchError(TorchgrpcError):
+    """The model failed on a batch; every request in it gets this, the server goes on."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 16
+    max_queue_delay: float = 0.0
+    max_queue_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if self.max_queue_delay < 0:
+            raise ValueError("max_queue_delay must be >= 0")
+        if self.max_queue_size < 1:
+            raise ValueError("max_queue_size must be >= 1")
+
+
+@dataclass(eq=False)
+class _Item:
+    array: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    deadline: float | None = None
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    images: int = 0
+    dropped: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+
+class Batcher:
+    """Coalesces queued images into batches and runs them on the model instances."""
+
+    def __init__(
+        self,
+        instances: Sequence[RunBatch],
+        config: BatchingConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not instances:
+            raise ValueError("a batcher needs at least one model instance")
+        self._config = config
+        self._clock = clock
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued = asyncio.Event()
+        self._instances = list(instances)
+        # One thread per instance: a model instance never runs two batches at once.
+        self._executors = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"model-{i}") for i in range(len(instances))
+        ]
+        self._workers: list[asyncio.Task[None]] = []
+        self.stats = BatcherStats()
+
+    def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._work(run, executor), name=f"batcher-{i}")
+            for i, (run, executor) in enumerate(zip(self._instances, self._executors, strict=True))
+        ]
+
+    async def close(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(BatchError("the server is shutting down"))
+        self._queue.clear()
+        for executor in self._executors:
+            executor.shutdown(wait=True)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, arrays: Sequence[np.ndarray], deadline: float | None) -> np.ndarray:
+        """Logits for ``arrays``, in order. Cancelling the caller drops its queued items."""
+        if len(self._queue) + len(arrays) > self._config.max_queue_size:
+            raise ResourceExhausted(
+                f"server busy: {len(self._queue)} images queued (max_queue_size "
+                f"{self._config.max_queue_size}); retry later"
+            )
+        loop = asyncio.get_running_loop()
+        items = [_Item(array, loop.create_future(), deadline) for array in arrays]
+        self._queue.extend(items)
+        self._queued.set()
+        try:
+            rows = await asyncio.gather(*(item.future for item in items))
+        finally:
+            for item in items:
+                item.future.cancel()
+        return np.stack(rows)
+
+    async def _work(self, run: RunBatch, executor: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            if not batch:
+                continue
+            inputs = np.stack([item.array for item in batch])
+            try:
+                logits = await loop.run_in_executor(executor, run, inputs)
+                if logits.shape[0] != len(batch):
+                    raise RuntimeError(f"model returned {logits.shape[0]} rows for {len(batch)}")
+            except Exception as exc:
+                log.exception("model failed on a batch of %d", len(batch))
+                self._fail(batch, BatchError(f"model failed: {exc}"))
+                continue
+            self.stats.batches += 1
+            self.stats.images += len(batch)
+            self.stats.batch_sizes[len(batch)] += 1
+            for item, row in zip(batch, logits, strict=True):
+                if not item.future.done():
+                    item.future.set_result(row)
+
+    async def _next_batch(self) -> list[_Item]:
+        await self._wait_for_work()
+        limit = self._config.max_batch_size
+        batch = self._take(limit)
+        delay = self._config.max_queue_delay
+        if batch and delay:
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + delay
+            while len(batch) < limit and (remaining := give_up - loop.time()) > 0:
+                if not await self._wait_for_more(remaining):
+                    break
+                batch += self._take(limit - len(batch))
+        return batch
+
+    async def _wait_for_work(self) -> None:
+        while not self._queue:
+            self._queued.clear()
+            await self._queued.wait()
+
+    async def _wait_for_more(self, patience: float) -> bool:
+        """Waits until more is queued (True) or ``patience`` seconds pass (False)."""
+        self._queued.clear()
+        try:
+            await asyncio.wait_for(self._queued.wait(), patience)
+        except TimeoutError:
+            return False
+        return True
+
+    def _take(self, limit: int) -> list[_Item]:
+        """Up to ``limit`` live items from the queue's head; drops cancelled and expired ones."""
+        now = self._clock()
+        batch: list[_Item] = []
+        while self._queue and len(batch) < limit:
+            item = self._queue.popleft()
+            if item.future.done():
+                self.stats.dropped += 1
+            elif item.expired(now):
+                self.stats.dropped += 1
+                item.future.set_exception(DeadlineExpired("deadline exceeded while queued"))
+            else:
+                batch.append(item)
+        return batch
+
+    @staticmethod
+    def _fail(batch: Sequence[_Item], error: Exception) -> None:
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(error)

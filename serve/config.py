@@ -1,0 +1,131 @@
+"""Every setting the server has, defined once: typed, validated, with its --help line.
+
+The command line is derived from ``ServerConfig``'s fields (see ``add_arguments``), so a setting is
+never retyped in a second place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from export.zoo import DEFAULT_MODEL
+from serve.backends import BACKENDS
+from serve.batching import BatchingConfig
+from serve.imaging import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, ImageLimits
+
+__all__ = ["DEFAULT_ARTIFACTS", "LOOPBACK", "ServerConfig", "add_arguments", "config_from_args"]
+
+DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+# Listens on 127.0.0.1 and ::1: reachable from this machine only, which is the safe default.
+LOOPBACK = "localhost"
+AUTO = 0
+
+
+def _setting(
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any] | None = None,
+    flags: tuple[str, ...] = (),
+) -> Any:
+    return field(default=default, metadata={"help": help, "parse": parse, "flags": flags})
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _formats(text: str) -> frozenset[str]:
+    return frozenset(name.upper() for name in _names(text))
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    models: tuple[str, ...] = _setting(
+        (DEFAULT_MODEL,),
+        "models to serve, comma-separated; the first is the default",
+        _names,
+        flags=("--model", "--models"),
+    )
+    backend: str = _setting("onnxruntime", f"one of: {', '.join(BACKENDS)}")
+    host: str = _setting(LOOPBACK, "address to listen on; 'localhost' = 127.0.0.1 and ::1 only")
+    port: int = _setting(50052, "port; 0 picks a free one")
+    artifacts: Path = _setting(DEFAULT_ARTIFACTS, "folder the export stage wrote", Path)
+    max_message_bytes: int = _setting(64 * 1024 * 1024, "largest request accepted, in bytes")
+    max_pixels: int = _setting(DEFAULT_MAX_PIXELS, "largest image accepted, width x height")
+    formats: frozenset[str] = _setting(DEFAULT_FORMATS, "image formats accepted", _formats)
+    max_batch_size: int = _setting(16, "most images run through the model at once")
+    max_queue_delay_ms: float = _setting(0.0, "wait up to this long for a fuller batch")
+    max_queue_size: int = _setting(1024, "most images queued per model; beyond: RESOURCE_EXHAUSTED")
+    instances: int = _setting(AUTO, "model instances per model; 0 = the backend's default")
+    threads: int = _setting(AUTO, "intra-op threads per instance; 0 = the backend's default")
+    decode_threads: int = _setting(AUTO, "threads decoding images; 0 = one per core")
+    tls_cert: Path | None = _setting(None, "PEM certificate chain: serve TLS", Path)
+    tls_key: Path | None = _setting(None, "PEM private key for --tls-cert", Path)
+    grace_seconds: float = _setting(5.0, "on shutdown, how long requests in flight may finish")
+    ready_file: Path | None = _setting(None, "write the bound address here once serving", Path)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("at least one model is needed")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port {self.port} is out of range")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        for name in ("max_message_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        for name in ("instances", "threads", "decode_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = automatic)")
+        self.image_limits  # noqa: B018  (validates the formats and pixel cap now, not at the first request)
+        self.batching  # noqa: B018
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_pixels, allowed_formats=self.formats)
+
+    @property
+    def batching(self) -> BatchingConfig:
+        return BatchingConfig(
+            max_batch_size=self.max_batch_size,
+            max_queue_delay=self.max_queue_delay_ms / 1000,
+            max_queue_size=self.max_queue_size,
+        )
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in (LOOPBACK, "127.0.0.1", "::1", "[::1]")
+
+    @property
+    def decode_workers(self) -> int:
+        return self.decode_threads or (os.cpu_count() or 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per ServerConfig field, typed and documented from the field itself."""
+    for setting in dataclasses.fields(ServerConfig):
+        default = setting.default
+        parse = setting.metadata["parse"] or type(default)
+        shown = ",".join(sorted(default)) if isinstance(default, frozenset | tuple) else default
+        flags = setting.metadata["flags"] or ("--" + setting.name.replace("_", "-"),)
+        parser.add_argument(
+            *flags,
+            dest=setting.name,
+            type=parse,
+            default=argparse.SUPPRESS,
+            help=f"{setting.metadata['help']} (default: {shown})",
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    fields = dataclasses.fields(ServerConfig)
+    given = {f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}
+    return ServerConfig(**given)

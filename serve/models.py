@@ -1,0 +1,116 @@
+"""A served model: its manifest, its batcher over N backend instances, and the image path to it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from export.manifest import Manifest
+from serve.backends import load_backend, load_manifest
+from serve.batching import Batcher
+from serve.config import ServerConfig
+from serve.imaging import ImageLimits, load_image
+
+__all__ = ["ModelInfo", "ServedModel", "default_parallelism", "load_model"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    backend: str
+    weights_source: str
+    input_height: int
+    input_width: int
+    num_classes: int
+
+
+def default_parallelism(backend: str, cores: int) -> tuple[int, int]:
+    """(instances, intra-op threads each) that suit ``backend`` on ``cores`` cores.
+
+    ONNX Runtime sessions are independent, so one single-threaded session per core keeps every core
+    busy with no intra-op synchronisation. PyTorch's thread pool is per process, so torch backends
+    get one instance that uses every core.
+    """
+    if backend == "onnxruntime":
+        return cores, 1
+    return 1, cores
+
+
+class ServedModel:
+    def __init__(
+        self,
+        info: ModelInfo,
+        manifest: Manifest,
+        batcher: Batcher,
+        decode_pool: Executor,
+        limits: ImageLimits,
+    ) -> None:
+        self.info = info
+        self.manifest = manifest
+        self.batcher = batcher
+        self._decode_pool = decode_pool
+        self._limits = limits
+
+    @property
+    def labels(self) -> Sequence[str]:
+        return self.manifest.labels
+
+    async def logits(self, images: Sequence[bytes], deadline: float | None) -> np.ndarray:
+        """Decodes every image in the pool, then batches them through the model; (N, classes)."""
+        loop = asyncio.get_running_loop()
+        pre = self.manifest.preprocessing
+        arrays = await asyncio.gather(
+            *(
+                loop.run_in_executor(self._decode_pool, load_image, data, i, self._limits, pre)
+                for i, data in enumerate(images)
+            )
+        )
+        return await self.batcher.submit(arrays, deadline)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+
+def load_model(name: str, config: ServerConfig, decode_pool: Executor) -> ServedModel:
+    """Loads ``name`` from the artifacts on the configured backend. Blocks: call at start-up."""
+    started = time.perf_counter()
+    manifest = load_manifest(config.artifacts, name)
+    auto_instances, auto_threads = default_parallelism(config.backend, os.cpu_count() or 1)
+    instances = config.instances or auto_instances
+    threads = config.threads or auto_threads
+    backends = [
+        load_backend(config.backend, config.artifacts, manifest, threads) for _ in range(instances)
+    ]
+    warm_up = np.zeros((1, *manifest.input_shape), dtype=np.float32)
+    for backend in backends:
+        # The first calls allocate and (for TorchScript) optimise the graph: do it before serving.
+        backend.run(warm_up)
+        backend.run(warm_up)
+    log.info(
+        "loaded %s on %s: %d instance(s) x %d thread(s) in %.2f s (weights %s)",
+        name,
+        config.backend,
+        instances,
+        threads,
+        time.perf_counter() - started,
+        manifest.weights_source,
+    )
+    info = ModelInfo(
+        name=name,
+        backend=config.backend,
+        weights_source=manifest.weights_source,
+        input_height=manifest.preprocessing.height,
+        input_width=manifest.preprocessing.width,
+        num_classes=len(manifest.labels),
+    )
+    batcher = Batcher([b.run for b in backends], config.batching)
+    return ServedModel(info, manifest, batcher, decode_pool, config.image_limits)

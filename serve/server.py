@@ -1,0 +1,199 @@
+"""The server's lifecycle: load models, listen, serve, and shut down in a written order.
+
+``async with Server(config) as server`` starts it and yields it (``server.port`` is the bound port),
+and is what tests and embedding code use; ``serve()`` runs until ``stop()`` is called; ``run()`` is
+the only place that creates an event loop and installs signal handlers (``python -m serve``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serve.config import LOOPBACK, ServerConfig
+from serve.core import InferenceCore
+from serve.models import load_model
+from serve.services import WireService
+from serve.services.classifier import ClassifierService
+from serve.services.tutorial import TutorialService
+
+__all__ = ["Server", "run"]
+
+log = logging.getLogger("serve")
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.port = 0
+        self.addresses: list[str] = []
+        self._decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
+        self._grpc: grpc.aio.Server | None = None
+        self._core: InferenceCore | None = None
+        self._health = health_aio.HealthServicer()
+        self._stop_requested = asyncio.Event()
+
+    @property
+    def core(self) -> InferenceCore:
+        if self._core is None:
+            raise RuntimeError("the server is not started")
+        return self._core
+
+    async def start(self) -> None:
+        """Loads every model (off the loop), binds, and reports SERVING once requests can run."""
+        models = await asyncio.gather(
+            *(
+                asyncio.to_thread(load_model, name, self.config, self._decode_pool)
+                for name in self.config.models
+            )
+        )
+        for model in models:
+            model.batcher.start()
+        self._core = InferenceCore(models)
+        self._grpc = grpc.aio.server(options=self._grpc_options())
+        services: list[WireService] = [TutorialService(self._core), ClassifierService(self._core)]
+        for service in services:
+            service.register(self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        names = [s.SERVICE_NAME for s in services]
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self._grpc,
+        )
+        self._bind(self._grpc)
+        await self._grpc.start()
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._announce()
+
+    async def stop(self) -> None:
+        """NOT_SERVING first (probes steer traffic away), then stop accepting and drain within the
+        grace period, then unload the models."""
+        if self._grpc is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._grpc.stop(self.config.grace_seconds)
+        self._grpc = None
+        if self._core is not None:
+            await self._core.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        log.info("server stopped")
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def serve(self) -> None:
+        """Starts, serves until ``request_stop()``, then shuts down."""
+        async with self:
+            await self._stop_requested.wait()
+
+    async def __aenter__(self) -> Server:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _grpc_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            # gRPC enables SO_REUSEPORT by default, which lets a second server start on a port
+            # already in use and silently take half the traffic: refuse instead.
+            ("grpc.so_reuseport", 0),
+        ]
+
+    def _bind(self, server: grpc.aio.Server) -> None:
+        hosts = (
+            ["127.0.0.1", "[::1]"]
+            if self.config.host == LOOPBACK
+            else [_bracketed(self.config.host)]
+        )
+        credentials = self._credentials()
+        port = self.config.port
+        for index, host in enumerate(hosts):
+            address = f"{host}:{port}"
+            try:
+                if credentials is None:
+                    bound = server.add_insecure_port(address)
+                else:
+                    bound = server.add_secure_port(address, credentials)
+            except RuntimeError as error:
+                if index == 0:
+                    raise OSError(f"can't listen on {address}: {error}") from None
+                log.warning("not listening on %s (%s)", address, error)
+                continue
+            port = self.port = bound
+            self.addresses.append(f"{host}:{bound}")
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        cert, key = self.config.tls_cert, self.config.tls_key
+        if cert is None or key is None:
+            return None
+        return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+
+    def _announce(self) -> None:
+        models = ", ".join(f"{m.name} ({m.backend})" for m in self.core.models)
+        log.info("serving %s on %s", models, ", ".join(self.addresses))
+        if not self.config.is_loopback and self.config.tls_cert is None:
+            log.warning(
+                "listening on %s without TLS or authentication: anyone who can reach it can use "
+                "this server (pass --tls-cert/--tls-key, or keep the default loopback host)",
+                self.config.host,
+            )
+        if self.config.ready_file is not None:
+            _write_atomically(
+                self.config.ready_file,
+                json.dumps({"port": self.port, "addresses": self.addresses, "pid": os.getpid()}),
+            )
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def run(config: ServerConfig) -> None:
+    """Serves until SIGINT or SIGTERM, then shuts down gracefully."""
+
+    async def main() -> None:
+        server = Server(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, server.request_stop)
+        try:
+            await server.serve()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    asyncio.run(main())

@@ -1,0 +1,56 @@
+"""The one place exceptions become gRPC statuses, and deadlines become monotonic times."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from serve.errors import TorchgrpcError
+
+__all__ = ["Context", "deadline_of", "rpc_errors", "status_of"]
+
+log = logging.getLogger(__name__)
+
+# Our handlers never reach the request/response types through the context.
+Context = grpc.aio.ServicerContext[Any, Any]
+Service = TypeVar("Service")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+UnaryHandler = Callable[[Service, Request, Context], Awaitable[Response]]
+
+
+def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
+    """Our errors carry their status; anything else is a bug: INTERNAL, logged with its trace."""
+    if isinstance(error, TorchgrpcError):
+        return error.status_code, error.message
+    log.error("unexpected error while serving a request", exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); see the server log"
+
+
+def rpc_errors(
+    handler: UnaryHandler[Service, Request, Response],
+) -> UnaryHandler[Service, Request, Response]:
+    """Wraps a unary handler so every failure reaches the client as a precise status."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Service, request: Request, context: Context) -> Response:
+        try:
+            return await handler(self, request, context)
+        except Exception as error:
+            code, details = status_of(error)
+        # Outside the except block: abort() raises, and its exception must not be re-mapped.
+        await context.abort(code, details)
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def deadline_of(context: Context) -> float | None:
+    """The client's deadline on the ``time.monotonic()`` clock, or None when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
