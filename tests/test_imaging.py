@@ -1,0 +1,397 @@
+"""serve.imaging: every bad image becomes an ImageError; good ones match the reference exactly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import warnings
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image, ImageFile
+
+from export.manifest import Preprocessing
+from serve.errors import ImageError
+from serve.imaging import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_PIXELS,
+    ImageLimits,
+    decode_image,
+    load_image,
+    preprocess,
+)
+
+IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+# The default model's pre-processing, as in the reference figures.
+LITE0 = Preprocessing(224, 224, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
+# Different per channel, so a swapped channel or a missed mean shows.
+SKEWED = Preprocessing(4, 4, (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
+LIMITS = ImageLimits()
+BOMB_SIDE = 50_000
+PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def reference(path: Path, pre: Preprocessing) -> NDArray[np.float32]:
+    """The pre-processing the expected figures were computed with, written the obvious way.
+
+    ``Image.Resampling.BILINEAR`` equals ``Image.BILINEAR`` (2); this spelling is the one mypy
+    knows.
+    """
+    with Image.open(path) as image:
+        resized = image.convert("RGB").resize((pre.width, pre.height), Image.Resampling.BILINEAR)
+    rgb = np.asarray(resized, dtype=np.float32)
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    return ((rgb - mean) / std).transpose(2, 0, 1)
+
+
+def big_jpeg() -> bytes:
+    with Image.open(IMAGES / "coffee.jpg") as image:
+        big = image.convert("RGB").resize((1600, 1067), Image.Resampling.BICUBIC)
+    return encode(big, "JPEG", quality=90)
+
+
+def refused(data: bytes, index: int = 7, limits: ImageLimits = LIMITS) -> str:
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, index, limits)
+    assert caught.value.index == index
+    assert str(caught.value).startswith(f"image {index}: ")
+    return caught.value.reason
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_empty_bytes() -> None:
+    assert refused(b"") == "is empty"
+
+
+@pytest.mark.parametrize("data", [b"hello, this is not an image", b"\x00" * 64, b"x"])
+def test_not_an_image(data: bytes) -> None:
+    assert refused(data) == f"is not a recognised image ({len(data)} bytes)"
+
+
+def test_disallowed_format_is_named() -> None:
+    limits = ImageLimits(allowed_formats=DEFAULT_FORMATS - {"WEBP"})
+    webp = encode(Image.new("RGB", (8, 8)), "WEBP")
+    assert refused(webp, limits=limits) == (
+        "format WEBP is not allowed (allowed: BMP, GIF, JPEG, PNG)"
+    )
+
+
+def test_format_outside_the_defaults_is_refused() -> None:
+    tiff = encode(Image.new("RGB", (8, 8)), "TIFF")
+    assert refused(tiff).startswith("format TIFF is not allowed")
+
+
+def test_allowed_formats_can_be_narrowed() -> None:
+    cat = (IMAGES / "cat.jpg").read_bytes()
+    assert "format JPEG is not allowed" in refused(
+        cat, limits=ImageLimits(allowed_formats=frozenset({"PNG"}))
+    )
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "cat.png"])
+def test_truncated_image(name: str) -> None:
+    data = (IMAGES / name).read_bytes()
+    assert "truncated or corrupt" in refused(data[: len(data) // 2])
+    # Refusing must come from the code, not from process-wide Pillow settings it changed.
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    assert Image.MAX_IMAGE_PIXELS == PILLOW_MAX_PIXELS
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "cat.png"])
+def test_truncated_header(name: str) -> None:
+    data = (IMAGES / name).read_bytes()
+    reason = refused(data[:24])
+    assert reason.startswith(f"looks like {name[-3:].upper().replace('JPG', 'JPEG')} but")
+    assert "truncated or corrupt" in reason
+
+
+def test_corrupt_scan_data() -> None:
+    data = bytearray((IMAGES / "cat.png").read_bytes())
+    start = data.index(b"IDAT") + 8
+    data[start : start + 200] = bytes(200)
+    assert "truncated or corrupt" in refused(bytes(data))
+
+
+# --- decompression bombs ---------------------------------------------------------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encode(Image.new("RGB", (8, 8)), "PNG"))
+    # IHDR is the first chunk: length at 8, type at 12, width and height at 16, CRC at 29.
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encode(Image.new("RGB", (8, 8)), "JPEG"))
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def gif_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encode(Image.new("P", (8, 8)), "GIF"))
+    data[6:10] = struct.pack("<HH", width, height)  # logical screen
+    return bytes(data)
+
+
+def bmp_claiming(width: int, height: int) -> bytes:
+    data = bytearray(encode(Image.new("RGB", (8, 8)), "BMP"))
+    data[18:26] = struct.pack("<ii", width, height)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("craft", [png_claiming, jpeg_claiming, gif_claiming, bmp_claiming])
+def test_bomb_is_refused_from_its_header(craft: Callable[[int, int], bytes]) -> None:
+    data = craft(BOMB_SIDE, BOMB_SIDE)
+    assert len(data) < 2000
+    started = time.perf_counter()
+    reason = refused(data)
+    # Decoding 50000 x 50000 RGB would need 7.5 GB: only a header check is this fast.
+    assert time.perf_counter() - started < 1.0
+    assert reason == (
+        f"is 50000x50000 = 2,500,000,000 pixels, over the limit of {DEFAULT_MAX_PIXELS:,} pixels"
+    )
+
+
+def test_bomb_below_pillows_limit_is_refused_without_a_warning() -> None:
+    # 100 MP is over Pillow's MAX_IMAGE_PIXELS, where Image.open would warn before we could refuse.
+    data = png_claiming(10_000, 10_000)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        reason = refused(data)
+    assert seen == []
+    assert "100,000,000 pixels" in reason
+
+
+def test_custom_pixel_limit() -> None:
+    data = encode(Image.new("RGB", (100, 50)), "PNG")
+    assert "5,000 pixels, over the limit of 4,999" in refused(data, limits=ImageLimits(4_999))
+    assert decode_image(data, 0, ImageLimits(5_000)).size == (100, 50)
+
+
+def test_pillows_own_bomb_error_becomes_image_error() -> None:
+    # A GIF frame far outside its 8x8 screen: Pillow's GIF parser itself raises while parsing.
+    data = bytearray(encode(Image.new("P", (8, 8)), "GIF"))
+    descriptor = data.index(b",")
+    data[descriptor + 5 : descriptor + 9] = struct.pack("<HH", 60_000, 60_000)
+    reason = refused(bytes(data))
+    assert reason.startswith("is over the pixel limit")
+    assert "3600000000 pixels" in reason
+
+
+def test_image_without_pixels() -> None:
+    assert "truncated or corrupt" in refused(png_claiming(0, 8))
+
+
+# --- modes -----------------------------------------------------------------------------------
+
+
+def palette_image(transparency: bool) -> bytes:
+    image = Image.new("P", (8, 8), 1)
+    image.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    if transparency:
+        # Per-entry alpha as bytes: convert("RGB") on this warns, which the pipeline avoids.
+        return encode(image, "PNG", transparency=bytes([255, 0]))
+    return encode(image, "PNG")
+
+
+def animated_gif() -> bytes:
+    first, second = Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))
+    return encode(first, "GIF", save_all=True, append_images=[second], transparency=0)
+
+
+TIFF = ImageLimits(allowed_formats=DEFAULT_FORMATS | {"TIFF"})
+
+# (case, encoded image, limits, expected RGB at every pixel, tolerance in 0-255 levels)
+MODES: list[tuple[str, Callable[[], bytes], ImageLimits, tuple[int, int, int], int]] = [
+    ("RGB", lambda: encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG"), LIMITS, (1, 2, 3), 0),
+    ("1", lambda: encode(Image.new("1", (8, 8), 1), "PNG"), LIMITS, (255, 255, 255), 0),
+    ("L", lambda: encode(Image.new("L", (8, 8), 100), "PNG"), LIMITS, (100, 100, 100), 0),
+    ("LA", lambda: encode(Image.new("LA", (8, 8), (100, 0)), "PNG"), LIMITS, (100,) * 3, 0),
+    ("RGBA", lambda: encode(Image.new("RGBA", (8, 8), (9, 8, 7, 0)), "PNG"), LIMITS, (9, 8, 7), 0),
+    ("P", lambda: palette_image(False), LIMITS, (10, 20, 30), 0),
+    ("P+transparency", lambda: palette_image(True), LIMITS, (10, 20, 30), 0),
+    ("GIF first frame", animated_gif, LIMITS, (255, 0, 0), 0),
+    # 51200 / 256 = 200: a 16-bit sample keeps its brightness instead of clipping to white.
+    ("I;16", lambda: encode(Image.new("I;16", (8, 8), 51200), "PNG"), LIMITS, (200,) * 3, 0),
+    ("I", lambda: encode(Image.new("I", (8, 8), 51200), "TIFF"), TIFF, (200,) * 3, 0),
+    ("F", lambda: encode(Image.new("F", (8, 8), 0.25), "TIFF"), TIFF, (64,) * 3, 0),
+    (
+        "CMYK",
+        lambda: encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG"),
+        LIMITS,
+        (255, 0, 0),
+        2,
+    ),
+    ("BMP", lambda: encode(Image.new("RGB", (8, 8), (4, 5, 6)), "BMP"), LIMITS, (4, 5, 6), 0),
+    (
+        "WEBP",
+        lambda: encode(Image.new("RGB", (8, 8), (4, 5, 6)), "WEBP", lossless=True),
+        LIMITS,
+        (4, 5, 6),
+        0,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "rgb", "tolerance"),
+    [pytest.param(make, limits, rgb, tol, id=case) for case, make, limits, rgb, tol in MODES],
+)
+def test_every_mode_becomes_normalised_rgb(
+    data: Callable[[], bytes], limits: ImageLimits, rgb: tuple[int, int, int], tolerance: int
+) -> None:
+    encoded = data()
+    decoded = decode_image(encoded, 0, limits)
+    assert decoded.mode == "RGB"
+    tensor = load_image(encoded, 0, limits, SKEWED)
+    assert tensor.shape == (3, 4, 4)
+    assert tensor.dtype == np.float32
+    assert tensor.flags.c_contiguous
+    expected = (np.array(rgb, np.float32) - np.array(SKEWED.mean, np.float32)) / np.array(
+        SKEWED.std, np.float32
+    )
+    atol = tolerance / min(SKEWED.std) + 1e-6
+    np.testing.assert_allclose(tensor[:, 0, 0], expected, rtol=0, atol=atol)
+    np.testing.assert_allclose(
+        tensor, np.broadcast_to(expected[:, None, None], tensor.shape), atol=atol
+    )
+
+
+def test_dark_16_bit_image_stays_dark() -> None:
+    # Stretching by the maximum would turn this near-black image mid-grey.
+    data = encode(Image.new("I;16", (4, 4), 300), "PNG")
+    assert decode_image(data, 0, LIMITS).getpixel((0, 0)) == (1, 1, 1)
+
+
+def test_float_nan_is_black_without_a_warning() -> None:
+    image = Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32))
+    data = encode(image, "TIFF")
+    assert decode_image(data, 0, TIFF).getpixel((0, 0)) == (0, 0, 0)
+
+
+# --- agreement with the reference ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cat.jpg", "cat.png", "coffee.jpg"])
+def test_matches_reference_exactly(name: str) -> None:
+    data = (IMAGES / name).read_bytes()
+    expected = reference(IMAGES / name, LITE0)
+    without_draft = preprocess(decode_image(data, 0, ImageLimits(draft=False)), LITE0)
+    assert np.array_equal(without_draft, expected)
+    # These photos are under twice the target size, so draft mode must not touch them.
+    assert np.array_equal(load_image(data, 0, LIMITS, LITE0), expected)
+
+
+def test_preprocess_matches_reference_for_uneven_mean_and_std() -> None:
+    pre = Preprocessing(224, 224, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    with Image.open(IMAGES / "cat.jpg") as image:
+        rgb = image.convert("RGB")
+    assert np.array_equal(preprocess(rgb, pre), reference(IMAGES / "cat.jpg", pre))
+
+
+def test_preprocess_at_target_size_skips_resize() -> None:
+    image = Image.new("RGB", (4, 4), (120, 110, 100))
+    assert np.array_equal(preprocess(image, SKEWED), np.zeros((3, 4, 4), np.float32))
+
+
+def test_preprocess_rejects_bad_configuration() -> None:
+    image = Image.new("RGB", (8, 8))
+    with pytest.raises(ValueError, match="unknown resize filter"):
+        preprocess(image, Preprocessing(4, 4, (0.0,) * 3, (1.0,) * 3, resize="sideways"))
+    with pytest.raises(ValueError, match="non-zero"):
+        preprocess(image, Preprocessing(4, 4, (0.0,) * 3, (1.0, 0.0, 1.0)))
+
+
+def test_draft_decodes_large_jpeg_smaller_but_not_below_target() -> None:
+    data = big_jpeg()
+    full = decode_image(data, 0, ImageLimits(draft=False), target=(224, 224))
+    drafted = decode_image(data, 0, LIMITS, target=(224, 224))
+    assert full.size == (1600, 1067)
+    assert drafted.size == (400, 267)
+    assert drafted.mode == "RGB"
+    # Without a target there is nothing to aim for, so the image is decoded in full.
+    assert decode_image(data, 0, LIMITS).size == (1600, 1067)
+
+
+def test_draft_changes_the_tensor_only_slightly() -> None:
+    data = big_jpeg()
+    drafted = load_image(data, 0, LIMITS, LITE0)
+    full = load_image(data, 0, ImageLimits(draft=False), LITE0)
+    difference = np.abs(drafted - full)
+    assert float(difference.mean()) < 0.02
+    assert float(difference.max()) < 0.5
+
+
+def test_draft_is_jpeg_only() -> None:
+    data = encode(Image.new("RGB", (1600, 1000)), "PNG")
+    assert decode_image(data, 0, LIMITS, target=(224, 224)).size == (1600, 1000)
+
+
+def test_concurrent_decoding_matches_serial() -> None:
+    good = [(IMAGES / name).read_bytes() for name in ("cat.jpg", "cat.png", "coffee.jpg")]
+    batch = [*good, b"", png_claiming(BOMB_SIDE, BOMB_SIDE), good[0][:5000]] * 4
+
+    def work(item: tuple[int, bytes]) -> NDArray[np.float32] | str:
+        try:
+            return load_image(item[1], item[0], LIMITS, LITE0)
+        except ImageError as error:
+            return error.message
+
+    serial = [work(item) for item in enumerate(batch)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        parallel = list(pool.map(work, enumerate(batch)))
+    for one, other in zip(serial, parallel, strict=True):
+        if isinstance(one, str):
+            assert one == other
+        else:
+            assert isinstance(other, np.ndarray)
+            assert np.array_equal(one, other)
+    assert serial[3] == "image 3: is empty"
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+
+def test_limits_defaults_and_normalisation() -> None:
+    assert LIMITS.max_pixels == DEFAULT_MAX_PIXELS
+    assert LIMITS.allowed_formats == frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
+    assert LIMITS.draft
+    assert ImageLimits(allowed_formats=frozenset({"png", "Jpeg"})).allowed_formats == {
+        "PNG",
+        "JPEG",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_pixels": 0}, ValueError, "positive"),
+        ({"max_pixels": -5}, ValueError, "positive"),
+        ({"max_pixels": 1.5}, TypeError, "int"),
+        ({"max_pixels": True}, TypeError, "int"),
+        ({"allowed_formats": frozenset()}, ValueError, "at least one"),
+        ({"allowed_formats": frozenset({"PNG", "HEIC", "FOO"})}, ValueError, "FOO, HEIC"),
+        ({"allowed_formats": "PNG"}, TypeError, "one string"),
+    ],
+)
+def test_limits_validation(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        ImageLimits(**kwargs)  # type: ignore[arg-type]
