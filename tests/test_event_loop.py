@@ -49,5 +49,8 @@ async def test_health_answers_fast_while_64_large_images_are_classified(
     assert len(response.classifications) == 64
     assert still_running, "the big request finished before health was probed: make it bigger"
     assert len(latencies) >= 3
-    # Milliseconds, with generous room for a loaded 2-core machine; a blocked loop takes seconds.
-    assert max(latencies) < 0.25, latencies
+    # Milliseconds, with room for a loaded 2-core machine; a blocked loop would take the whole
+    # request's time (over a second here) for the first probe.
+    latencies.sort()
+    assert latencies[len(latencies) // 2] < 0.05, latencies
+    assert latencies[-1] < 0.5, latencies
