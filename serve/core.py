@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 
 from serve.errors import InvalidArgument, ModelNotFound
@@ -9,6 +11,8 @@ from serve.models import ModelInfo, ServedModel
 from serve.postprocess import Label, top_classes, top_k_labels
 
 __all__ = ["DEFAULT_TOP_K", "InferenceCore"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 
@@ -38,7 +42,10 @@ class InferenceCore:
         """The tutorial's API: the top-1 class id of every image, in order."""
         served = self.model(model)
         _check_images(images)
-        return top_classes(await served.logits(images, deadline))
+        started = time.perf_counter()
+        classes = top_classes(await served.logits(images, deadline))
+        _log_request("predict", served, len(images), started)
+        return classes
 
     async def classify(
         self,
@@ -54,7 +61,9 @@ class InferenceCore:
         if not 1 <= k <= len(served.labels):
             raise InvalidArgument(f"top_k must be between 1 and {len(served.labels)}, got {top_k}")
         _check_images(images)
+        started = time.perf_counter()
         logits = await served.logits(images, deadline)
+        _log_request("classify", served, len(images), started)
         return served.info.name, top_k_labels(logits, k, served.labels)
 
     async def close(self) -> None:
@@ -65,3 +74,9 @@ class InferenceCore:
 def _check_images(images: Sequence[bytes]) -> None:
     if not images:
         raise InvalidArgument("the request has no images")
+
+
+def _log_request(kind: str, served: ServedModel, images: int, started: float) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        log.debug("%s: %d image(s) on %s in %.1f ms", kind, images, served.info.name, elapsed_ms)

@@ -1,0 +1,101 @@
+"""Settings, the command line derived from them, where the server listens, and start-up errors."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import grpc
+import pytest
+
+from serve.config import ServerConfig, add_arguments, config_from_args
+from serve.pb import inference_pb2, inference_pb2_grpc
+from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, ServerThread, config_with
+
+
+def parse(*argv: str) -> ServerConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_every_setting_has_an_option_with_help() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    text = parser.format_help()
+    for setting in fields(ServerConfig):
+        flag = "--model" if setting.name == "models" else "--" + setting.name.replace("_", "-")
+        assert flag in text
+
+
+def test_options_are_parsed_into_typed_settings() -> None:
+    config = parse(
+        "--model", "resnet34,efficientnet_lite0", "--backend", "torchscript",
+        "--formats", "jpeg,png", "--max-batch-size", "8", "--max-queue-delay-ms", "2.5",
+        "--artifacts", "/tmp/somewhere",
+    )  # fmt: skip
+    assert config.models == ("resnet34", "efficientnet_lite0")
+    assert config.backend == "torchscript"
+    assert config.formats == frozenset({"JPEG", "PNG"})
+    assert config.batching.max_batch_size == 8
+    assert config.batching.max_queue_delay == 0.0025
+    assert config.artifacts == Path("/tmp/somewhere")
+    assert parse() == ServerConfig()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"backend": "tensorrt"}, "unknown backend 'tensorrt'"),
+        ({"tls_cert": Path("cert.pem")}, "go together"),
+        ({"port": 70000}, "out of range"),
+        ({"max_pixels": 0}, "max_pixels must be positive"),
+        ({"formats": frozenset({"NOPE"})}, "NOPE"),
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"models": ()}, "at least one model"),
+    ],
+)
+def test_bad_settings_are_refused_at_construction(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServerConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_default_listens_on_loopback_ipv4_and_ipv6_only(server: ServerThread) -> None:
+    port = server.server.port
+    assert server.server.addresses == [f"127.0.0.1:{port}", f"[::1]:{port}"]
+    with grpc.insecure_channel(f"[::1]:{port}") as channel:
+        reply = inference_pb2_grpc.InferenceServerStub(channel).inference(
+            inference_pb2.InferenceRequest(image=[CAT_JPG.read_bytes()])
+        )
+    assert list(reply.pred) == [EGYPTIAN_CAT]
+
+
+def test_a_port_in_use_is_an_error_not_a_shared_port(
+    server: ServerThread, base_config: ServerConfig
+) -> None:
+    clash = config_with(base_config, models=("efficientnet_lite0",), port=server.server.port)
+    with pytest.raises(OSError, match=r"can.t listen on 127\.0\.0\.1"), ServerThread(clash):
+        pass
+
+
+def test_opening_to_the_network_without_tls_warns(
+    base_config: ServerConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = config_with(base_config, models=("efficientnet_lite0",), host="0.0.0.0")
+    with caplog.at_level(logging.WARNING, logger="serve"), ServerThread(config) as running:
+        assert running.server.addresses == [f"0.0.0.0:{running.server.port}"]
+    assert any("without TLS or authentication" in r.getMessage() for r in caplog.records)
+
+
+def test_missing_artifacts_stop_start_up_with_the_fix(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "serve", "--artifacts", str(tmp_path), "--port", "0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "make export MODEL=efficientnet_lite0" in done.stderr
