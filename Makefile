@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= efficientnet_lite0
-BACKEND ?= onnxruntime
+BACKEND ?= auto
 WEIGHTS ?=
 PORT ?= 50052
 SERVER ?= localhost:$(PORT)
@@ -12,7 +12,7 @@ IMAGES ?= export/sample_images/cat.jpg export/sample_images/coffee.jpg
 .PHONY: help venv export serve client compare test lint protos clean
 
 help:
-	@echo "make serve [MODEL=efficientnet_lite0|resnet34] [BACKEND=onnxruntime|torchscript|eager] [PORT=50052]"
+	@echo "make serve [MODEL=efficientnet_lite0|resnet34] [BACKEND=auto|onnxruntime|torchscript|eager] [PORT=50052]"
 	@echo "make export [MODEL=...] [WEIGHTS=|random|path/to/state_dict.pth]"
 	@echo "make client [IMAGES='a.jpg b.png'] [SERVER=host:port]"
 	@echo "make compare [MODEL=...]    backend latency and throughput, table + JSON + chart"

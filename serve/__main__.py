@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
+from pathlib import Path
 
 from serve.backends import ArtifactError
 from serve.config import add_arguments, config_from_args
 from serve.server import run
+from serve.workers import run_workers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     try:
-        run(config)
-    except (ArtifactError, OSError) as error:
+        if config.workers > 1:
+            with tempfile.TemporaryDirectory(prefix="torchgrpc-workers-") as folder:
+                run_workers(config, Path(folder))
+        else:
+            run(config)
+    except (ArtifactError, OSError, RuntimeError, TimeoutError) as error:
         logging.getLogger("serve").error("%s", error)
         return 1
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from export.zoo import DEFAULT_MODEL
+from serve.backend_choice import AUTO
 from serve.backends import BACKENDS
 from serve.batching import BatchingConfig
 from serve.imaging import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, ImageLimits
@@ -24,7 +25,7 @@ __all__ = ["DEFAULT_ARTIFACTS", "LOOPBACK", "ServerConfig", "add_arguments", "co
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 # Listens on 127.0.0.1 and ::1: reachable from this machine only, which is the safe default.
 LOOPBACK = "localhost"
-AUTO = 0
+AUTOMATIC = 0
 
 
 def _setting(
@@ -52,7 +53,9 @@ class ServerConfig:
         _names,
         flags=("--model", "--models"),
     )
-    backend: str = _setting("onnxruntime", f"one of: {', '.join(BACKENDS)}")
+    backend: str = _setting(
+        AUTO, f"{AUTO} (the fastest measured by `make compare`) or one of: {', '.join(BACKENDS)}"
+    )
     host: str = _setting(LOOPBACK, "address to listen on; 'localhost' = 127.0.0.1 and ::1 only")
     port: int = _setting(50052, "port; 0 picks a free one")
     artifacts: Path = _setting(DEFAULT_ARTIFACTS, "folder the export stage wrote", Path)
@@ -62,24 +65,25 @@ class ServerConfig:
     max_batch_size: int = _setting(16, "most images run through the model at once")
     max_queue_delay_ms: float = _setting(0.0, "wait up to this long for a fuller batch")
     max_queue_size: int = _setting(1024, "most images queued per model; beyond: RESOURCE_EXHAUSTED")
-    instances: int = _setting(AUTO, "model instances per model; 0 = the backend's default")
-    threads: int = _setting(AUTO, "intra-op threads per instance; 0 = the backend's default")
-    decode_threads: int = _setting(AUTO, "threads decoding images; 0 = one per core")
+    instances: int = _setting(AUTOMATIC, "model instances per model; 0 = the backend's default")
+    threads: int = _setting(AUTOMATIC, "intra-op threads per instance; 0 = the backend's default")
+    decode_threads: int = _setting(AUTOMATIC, "threads decoding images; 0 = one per core")
     tls_cert: Path | None = _setting(None, "PEM certificate chain: serve TLS", Path)
     tls_key: Path | None = _setting(None, "PEM private key for --tls-cert", Path)
     grace_seconds: float = _setting(5.0, "on shutdown, how long requests in flight may finish")
     ready_file: Path | None = _setting(None, "write the bound address here once serving", Path)
+    workers: int = _setting(1, "server processes sharing the port (SO_REUSEPORT), for many cores")
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("at least one model is needed")
-        if self.backend not in BACKENDS:
+        if self.backend != AUTO and self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is out of range")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
-        for name in ("max_message_bytes", "max_pixels"):
+        for name in ("max_message_bytes", "max_pixels", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         for name in ("instances", "threads", "decode_threads"):

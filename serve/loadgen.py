@@ -76,10 +76,13 @@ async def closed_loop(
             remaining -= 1
             started = time.perf_counter()
             try:
-                result.images += await send()
+                # Not `result.images += await send()`: that reads the total before awaiting and
+                # loses the other workers' updates made meanwhile.
+                images = await send()
             except Exception:
                 result.errors += 1
                 continue
+            result.images += images
             result.latencies.append(time.perf_counter() - started)
             if on_request is not None:
                 on_request()

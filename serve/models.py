@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from export.manifest import Manifest
+from serve.backend_choice import choose_backend
 from serve.backends import load_backend, load_manifest
 from serve.batching import Batcher
 from serve.config import ServerConfig
@@ -84,11 +85,12 @@ def load_model(name: str, config: ServerConfig, decode_pool: Executor) -> Served
     """Loads ``name`` from the artifacts on the configured backend. Blocks: call at start-up."""
     started = time.perf_counter()
     manifest = load_manifest(config.artifacts, name)
-    auto_instances, auto_threads = default_parallelism(config.backend, os.cpu_count() or 1)
+    choice = choose_backend(config.backend, config.artifacts, name)
+    auto_instances, auto_threads = default_parallelism(choice.backend, os.cpu_count() or 1)
     instances = config.instances or auto_instances
     threads = config.threads or auto_threads
     backends = [
-        load_backend(config.backend, config.artifacts, manifest, threads) for _ in range(instances)
+        load_backend(choice.backend, config.artifacts, manifest, threads) for _ in range(instances)
     ]
     warm_up = np.zeros((1, *manifest.input_shape), dtype=np.float32)
     for backend in backends:
@@ -96,9 +98,10 @@ def load_model(name: str, config: ServerConfig, decode_pool: Executor) -> Served
         backend.run(warm_up)
         backend.run(warm_up)
     log.info(
-        "loaded %s on %s: %d instance(s) x %d thread(s) in %.2f s (weights %s)",
+        "loaded %s on %s (%s): %d instance(s) x %d thread(s) in %.2f s (weights %s)",
         name,
-        config.backend,
+        choice.backend,
+        choice.reason,
         instances,
         threads,
         time.perf_counter() - started,
@@ -106,7 +109,7 @@ def load_model(name: str, config: ServerConfig, decode_pool: Executor) -> Served
     )
     info = ModelInfo(
         name=name,
-        backend=config.backend,
+        backend=choice.backend,
         weights_source=manifest.weights_source,
         input_height=manifest.preprocessing.height,
         input_width=manifest.preprocessing.width,

@@ -28,7 +28,7 @@ from serve.services import WireService
 from serve.services.classifier import ClassifierService
 from serve.services.tutorial import TutorialService
 
-__all__ = ["Server", "run"]
+__all__ = ["Server", "run", "write_atomically"]
 
 log = logging.getLogger("serve")
 
@@ -123,8 +123,8 @@ class Server:
         return [
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             # gRPC enables SO_REUSEPORT by default, which lets a second server start on a port
-            # already in use and silently take half the traffic: refuse instead.
-            ("grpc.so_reuseport", 0),
+            # already in use and silently take half the traffic: only --workers shares a port.
+            ("grpc.so_reuseport", int(self.config.workers > 1)),
         ]
 
     def _bind(self, server: grpc.aio.Server) -> None:
@@ -166,7 +166,7 @@ class Server:
                 self.config.host,
             )
         if self.config.ready_file is not None:
-            _write_atomically(
+            write_atomically(
                 self.config.ready_file,
                 json.dumps({"port": self.port, "addresses": self.addresses, "pid": os.getpid()}),
             )
@@ -176,7 +176,7 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     partial.replace(path)

@@ -1,0 +1,88 @@
+"""The in-process ceiling: the server's per-image work (decode, pre-process, model) with no RPC.
+
+This is what the server is measured against: threads that each decode an image and run it through
+their own model instance, as fast as the machine allows, and one thread timing a single image with
+every core given to the model (the best latency a request could see).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.manifest import Manifest
+from serve.backends import Backend, load_backend
+from serve.imaging import ImageLimits, load_image
+from serve.models import default_parallelism
+
+__all__ = ["Ceiling", "measure_ceiling", "measure_single_image_latency"]
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    images_per_s: float
+    instances: int
+    threads_per_instance: int
+
+
+def _work(backend: Backend, data: bytes, manifest: Manifest, images: int) -> None:
+    limits = ImageLimits()
+    arrays = [load_image(data, i, limits, manifest.preprocessing) for i in range(images)]
+    backend.run(np.stack(arrays))
+
+
+def measure_ceiling(
+    kind: str,
+    artifacts: Path,
+    manifest: Manifest,
+    data: bytes,
+    *,
+    seconds: float,
+    images_per_request: int = 1,
+    on_image: Callable[[int], object] | None = None,
+) -> Ceiling:
+    """Images/s with one worker thread per model instance, each decoding its own images."""
+    instances, threads = default_parallelism(kind, os.cpu_count() or 1)
+    backends = [load_backend(kind, artifacts, manifest, threads) for _ in range(instances)]
+    for backend in backends:
+        for _ in range(3):
+            _work(backend, data, manifest, images_per_request)
+    counts = [0] * instances
+    stop_at = time.perf_counter() + seconds
+
+    def loop(index: int) -> None:
+        while time.perf_counter() < stop_at:
+            _work(backends[index], data, manifest, images_per_request)
+            counts[index] += images_per_request
+            if on_image is not None:
+                on_image(images_per_request)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return Ceiling(sum(counts) / (time.perf_counter() - started), instances, threads)
+
+
+def measure_single_image_latency(
+    kind: str, artifacts: Path, manifest: Manifest, data: bytes, *, iterations: int = 100
+) -> float:
+    """Median seconds to decode, pre-process and classify one image with all cores on it."""
+    backend = load_backend(kind, artifacts, manifest, os.cpu_count() or 1)
+    for _ in range(5):
+        _work(backend, data, manifest, 1)
+    samples = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        _work(backend, data, manifest, 1)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)

@@ -1,0 +1,103 @@
+"""`--workers N`: N server processes sharing one port through SO_REUSEPORT.
+
+One process's event loop and GIL top out at a few thousand small requests per second; on a machine
+with many cores, several processes (each with its own models) spread the load, and the kernel
+balances connections between them. The parent only starts, watches and stops the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import signal
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+from serve.config import LOOPBACK, ServerConfig
+from serve.server import run, write_atomically
+
+__all__ = ["run_workers"]
+
+log = logging.getLogger("serve")
+START_TIMEOUT = 600.0
+
+
+@contextmanager
+def _reserved_port(config: ServerConfig) -> Iterator[int]:
+    """Binds (without listening) a SO_REUSEPORT socket so that port 0 becomes one concrete port
+    every worker can share, and no other program takes it while the workers start."""
+    host = "127.0.0.1" if config.host == LOOPBACK else config.host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host, config.port))
+        yield int(holder.getsockname()[1])
+
+
+def _worker_ready_file(folder: Path, index: int) -> Path:
+    return folder / f"worker-{index}.json"
+
+
+def _serve_worker(config: ServerConfig, log_level: int) -> None:
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+    )
+    run(config)
+
+
+def run_workers(config: ServerConfig, ready_folder: Path) -> None:
+    """Runs ``config.workers`` servers on one port until SIGINT/SIGTERM, then stops them all."""
+    context = multiprocessing.get_context("spawn")  # no fork: PyTorch and gRPC threads
+    with _reserved_port(config) as port:
+        processes = []
+        for index in range(config.workers):
+            worker_config = replace(
+                config, port=port, ready_file=_worker_ready_file(ready_folder, index)
+            )
+            process = context.Process(
+                target=_serve_worker,
+                args=(worker_config, logging.getLogger().level),
+                name=f"worker-{index}",
+            )
+            process.start()
+            processes.append(process)
+        _wait_until_ready(ready_folder, processes)
+    log.info("%d workers serving on port %d", config.workers, port)
+    if config.ready_file is not None:
+        pids = [p.pid for p in processes]
+        write_atomically(config.ready_file, json.dumps({"port": port, "workers": pids}))
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_until_ready(
+    folder: Path, processes: Sequence[multiprocessing.process.BaseProcess]
+) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = set(range(len(processes)))
+    while pending:
+        pending = {i for i in pending if not _worker_ready_file(folder, i).exists()}
+        if any(not p.is_alive() for p in processes):
+            for process in processes:
+                process.terminate()
+            raise RuntimeError("a worker exited during start-up; see its log above")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers not ready after {START_TIMEOUT:.0f} s")
+        time.sleep(0.05)
