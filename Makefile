@@ -9,7 +9,7 @@ PORT ?= 50052
 SERVER ?= localhost:$(PORT)
 IMAGES ?= export/sample_images/cat.jpg export/sample_images/coffee.jpg
 
-.PHONY: help venv export serve client compare test lint protos clean
+.PHONY: help venv export serve client compare bench benchmark test lint protos clean
 
 help:
 	@echo "make serve [MODEL=efficientnet_lite0|resnet34] [BACKEND=auto|onnxruntime|torchscript|eager] [PORT=50052]"
@@ -58,3 +58,10 @@ test: lint
 
 clean:
 	rm -rf $(VENV) artifacts/*/ .mypy_cache .ruff_cache .pytest_cache
+
+bench: venv artifacts/$(MODEL)/manifest.json
+	$(PY) -m serve.bench --start --model $(MODEL) --backend $(BACKEND) $(ARGS)
+
+# Every performance target, measured side by side in one run: writes benchmarks/RESULTS.md.
+benchmark: venv
+	$(PY) -m benchmarks.run

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from serve.errors import ResourceExhausted, TorchgrpcError
+from serve.errors import InvalidArgument, ResourceExhausted, ServerUnavailable, TorchgrpcError
 
 __all__ = ["BatchError", "Batcher", "BatchingConfig", "DeadlineExpired"]
 
@@ -57,6 +57,8 @@ class _Item:
     array: np.ndarray
     future: asyncio.Future[np.ndarray]
     deadline: float | None = None
+    # Still in the queue (not yet taken by a worker nor dropped)?
+    queued: bool = True
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
@@ -85,6 +87,11 @@ class Batcher:
         self._config = config
         self._clock = clock
         self._queue: collections.deque[_Item] = collections.deque()
+        # Live images in the queue: the bound counts these, not cancelled leftovers.
+        self._waiting = 0
+        # Items taken by a worker and not yet answered, so close() can answer them.
+        self._taken: set[_Item] = set()
+        self._closed = False
         self._queued = asyncio.Event()
         self._instances = list(instances)
         # One thread per instance: a model instance never runs two batches at once.
@@ -101,30 +108,43 @@ class Batcher:
         ]
 
     async def close(self) -> None:
+        """Stops the workers and answers every caller still waiting with BatchError."""
+        self._closed = True
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(BatchError("the server is shutting down"))
+            self._leave_queue(item)
+        self._fail([*self._taken, *self._queue], BatchError("the server is shutting down"))
+        self._taken.clear()
         self._queue.clear()
         for executor in self._executors:
-            executor.shutdown(wait=True)
+            # Off the loop: a batch still running must not stall everything else.
+            await asyncio.to_thread(executor.shutdown, True)
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._waiting
 
     async def submit(self, arrays: Sequence[np.ndarray], deadline: float | None) -> np.ndarray:
         """Logits for ``arrays``, in order. Cancelling the caller drops its queued items."""
-        if len(self._queue) + len(arrays) > self._config.max_queue_size:
+        limit = self._config.max_queue_size
+        if self._closed:
+            raise ServerUnavailable("the server is shutting down")
+        if len(arrays) > limit:
+            raise InvalidArgument(
+                f"the request has {len(arrays)} images, more than max_queue_size ({limit})"
+            )
+        if self._waiting + len(arrays) > limit:
             raise ResourceExhausted(
-                f"server busy: {len(self._queue)} images queued (max_queue_size "
-                f"{self._config.max_queue_size}); retry later"
+                f"server busy: {self._waiting} images queued (max_queue_size {limit}); retry later"
             )
         loop = asyncio.get_running_loop()
         items = [_Item(array, loop.create_future(), deadline) for array in arrays]
+        for item in items:
+            item.future.add_done_callback(lambda _, item=item: self._leave_queue(item))
         self._queue.extend(items)
+        self._waiting += len(items)
         self._queued.set()
         try:
             rows = await asyncio.gather(*(item.future for item in items))
@@ -147,13 +167,19 @@ class Batcher:
             except Exception as exc:
                 log.exception("model failed on a batch of %d", len(batch))
                 self._fail(batch, BatchError(f"model failed: {exc}"))
-                continue
-            self.stats.batches += 1
-            self.stats.images += len(batch)
-            self.stats.batch_sizes[len(batch)] += 1
-            for item, row in zip(batch, logits, strict=True):
-                if not item.future.done():
-                    item.future.set_result(row)
+            else:
+                self._answer(batch, logits)
+            # Not in a `finally`: when close() cancels this worker mid-batch, the batch must stay
+            # in _taken so that close() can answer its callers.
+            self._taken.difference_update(batch)
+
+    def _answer(self, batch: Sequence[_Item], logits: np.ndarray) -> None:
+        self.stats.batches += 1
+        self.stats.images += len(batch)
+        self.stats.batch_sizes[len(batch)] += 1
+        for item, row in zip(batch, logits, strict=True):
+            if not item.future.done():
+                item.future.set_result(row)
 
     async def _next_batch(self) -> list[_Item]:
         await self._wait_for_work()
@@ -189,6 +215,7 @@ class Batcher:
         batch: list[_Item] = []
         while self._queue and len(batch) < limit:
             item = self._queue.popleft()
+            self._leave_queue(item)
             if item.future.done():
                 self.stats.dropped += 1
             elif item.expired(now):
@@ -196,7 +223,14 @@ class Batcher:
                 item.future.set_exception(DeadlineExpired("deadline exceeded while queued"))
             else:
                 batch.append(item)
+        self._taken.update(batch)
         return batch
+
+    def _leave_queue(self, item: _Item) -> None:
+        """Counts ``item`` out of the queue once: when taken, or when its caller gives up."""
+        if item.queued:
+            item.queued = False
+            self._waiting -= 1
 
     @staticmethod
     def _fail(batch: Sequence[_Item], error: Exception) -> None:

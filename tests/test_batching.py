@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from serve.batching import Batcher, BatchError, BatchingConfig, DeadlineExpired
-from serve.errors import ResourceExhausted, TorchgrpcError
+from serve.errors import InvalidArgument, ResourceExhausted, ServerUnavailable, TorchgrpcError
 
 HANG_GUARD = 10.0  # seconds; only ever reached when something is broken
 SHAPE = (3, 2, 2)  # one tiny "image"
@@ -430,10 +430,35 @@ async def test_full_queue_rejects_new_requests(make: MakeHarness) -> None:
 
 
 async def test_request_larger_than_the_queue_is_rejected(make: MakeHarness) -> None:
+    """Retrying can't help such a request: it is the caller's to split, INVALID_ARGUMENT."""
     h = make(max_queue_size=2)
-    with pytest.raises(ResourceExhausted, match="max_queue_size"):
+    with pytest.raises(InvalidArgument, match=r"has 3 images, more than max_queue_size \(2\)"):
         await h.batcher.submit(images([1.0, 2.0, 3.0]), None)
     assert h.model.batches == [] and h.batcher.queued == 0
+
+
+async def test_cancelled_requests_free_their_queue_places_at_once(make: MakeHarness) -> None:
+    h = make(max_batch_size=1, max_queue_size=2, blocked=True)
+    running = h.submit([1.0])
+    await h.batches(1)
+    doomed = h.submit([2.0, 3.0])
+    await h.queued(2)
+    doomed.cancel()
+    await asyncio.gather(doomed, return_exceptions=True)
+    assert h.batcher.queued == 0
+    later = h.submit([4.0, 5.0])  # would be "server busy" if the cancelled places still counted
+    await h.queued(2)
+    h.model.release()
+    assert [row[0] for row in await later] == [4.0, 5.0]
+    await running
+    assert h.model.batches == [[1.0], [4.0], [5.0]]
+
+
+async def test_submit_after_close_is_unavailable(make: MakeHarness) -> None:
+    h = make()
+    await h.batcher.close()
+    with pytest.raises(ServerUnavailable, match="shutting down"):
+        await h.batcher.submit(images([1.0]), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -593,7 +618,7 @@ async def test_wrong_number_of_rows_is_a_batch_error(make: MakeHarness, extra: i
 
 
 async def test_model_returning_garbage_is_a_batch_error(make: MakeHarness) -> None:
-    h = make(respond=lambda inputs: None)  # type: ignore[arg-type,return-value]
+    h = make(respond=lambda inputs: None)  # not an array at all
     error = await failure(h.submit([1.0]))
     assert isinstance(error, BatchError) and "model failed" in str(error)
 
@@ -639,7 +664,6 @@ async def test_close_of_an_idle_batcher_is_quiet(make: MakeHarness) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         await h.batcher.close()
-        gc.collect()
     assert caught == []
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("batcher-")]
     assert not any(thread.is_alive() for m in h.models for thread in m.threads)
@@ -655,11 +679,6 @@ async def test_close_before_start_fails_what_was_queued(make: MakeHarness) -> No
     assert h.model.batches == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: close() cancels a worker awaiting its model and drops the batch's futures, "
-    "so callers in the running batch never get an answer",
-)
 async def test_close_settles_the_running_batch(make: MakeHarness) -> None:
     h = make(blocked=True)
     running = h.submit([1.0])
@@ -674,11 +693,6 @@ async def test_close_settles_the_running_batch(make: MakeHarness) -> None:
         await asyncio.gather(running, return_exceptions=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: close() during max_queue_delay drops the items the worker had already taken, "
-    "so their callers never get an answer",
-)
 async def test_close_settles_a_batch_waiting_to_fill(make: MakeHarness) -> None:
     h = make(max_batch_size=2, max_queue_delay=30.0)
     waiting = h.submit([1.0])

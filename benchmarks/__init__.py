@@ -1,0 +1,1 @@
+"""Benchmarks that back torchgrpc's performance claims: `make benchmark` writes RESULTS.md."""

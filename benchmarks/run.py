@@ -1,0 +1,178 @@
+"""`make benchmark`: torchgrpc against its targets and the tutorial's design, in one run.
+
+Measures, side by side on this machine, and writes benchmarks/RESULTS.md:
+- the in-process ceiling (decode + pre-process + model, no RPC) for EfficientNet-Lite0 and ResNet34;
+- torchgrpc over gRPC (one 451x300 JPEG per request, the tutorial API): concurrency 1 (p50),
+  32 (images/s), 256 (no failures), and its memory before and after 20,000 requests;
+- the tutorial-design server (benchmarks/tutorial_server.py) at concurrency 32;
+- ResNet34 over gRPC at concurrency 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from export.pipeline import SAMPLE_IMAGES, export_model
+from export.zoo import WeightsUnavailable
+from serve.backends import load_manifest
+from serve.bench import run_load
+from serve.ceiling import measure_ceiling, measure_single_image_latency
+from serve.config import DEFAULT_ARTIFACTS
+from serve.loadgen import LoadResult
+from serve.process import ServerProcess
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+IMAGE = SAMPLE_IMAGES / "cat.jpg"
+
+
+@dataclass(frozen=True)
+class Check:
+    target: str
+    measured: str
+    passed: bool
+
+
+def ensure_exported(model: str, artifacts: Path) -> str:
+    """Exports ``model`` if needed; ResNet34 falls back to random weights (same latency)."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        return export_model(model, None, artifacts).manifest.weights_source
+    except WeightsUnavailable:
+        try:
+            return load_manifest(artifacts, model).weights_source
+        except Exception:
+            return export_model(model, "random", artifacts).manifest.weights_source
+
+
+def load(address: str, concurrency: int, seconds: float) -> LoadResult:
+    return asyncio.run(
+        run_load(address, "tutorial", [IMAGE.read_bytes()], concurrency, duration=seconds)
+    )
+
+
+def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check], list[str]]:
+    notes: list[str] = []
+    image = IMAGE.read_bytes()
+    lite0 = load_manifest(artifacts, "efficientnet_lite0")
+    ceiling = measure_ceiling("onnxruntime", artifacts, lite0, image, seconds=seconds)
+    single = measure_single_image_latency("onnxruntime", artifacts, lite0, image)
+    notes.append(
+        f"Lite0 in-process ceiling: {ceiling.images_per_s:.1f} img/s ({ceiling.instances} threads, "
+        f"each decoding and running its own ONNX Runtime session with "
+        f"{ceiling.threads_per_instance} intra-op thread); single image, all cores on it: "
+        f"{single * 1000:.2f} ms"
+    )
+    common = ["--artifacts", str(artifacts)]
+    with ServerProcess(["--model", "efficientnet_lite0", *common]) as server:
+        notes.append(f"torchgrpc start-up (Lite0, auto backend): {server.startup_seconds:.1f} s")
+        c1 = load(server.address, 1, seconds)
+        c32 = load(server.address, 32, seconds)
+        c256 = load(server.address, 256, seconds)
+        rss_before = server.rss_bytes()
+        soak = asyncio.run(
+            run_load(server.address, "tutorial", [image], 32, requests=soak_requests)
+        )
+        rss_after = server.rss_bytes()
+    with ServerProcess(["--model", "efficientnet_lite0", *common],
+                       module="benchmarks.tutorial_server") as tutorial:  # fmt: skip
+        baseline = load(tutorial.address, 32, seconds)
+
+    resnet = load_manifest(artifacts, "resnet34")
+    resnet_ceiling = measure_ceiling("onnxruntime", artifacts, resnet, image, seconds=seconds)
+    with ServerProcess(["--model", "resnet34", *common]) as server:
+        resnet_c16 = load(server.address, 16, seconds)
+    notes.append(
+        f"ResNet34 in-process ceiling: {resnet_ceiling.images_per_s:.1f} img/s "
+        f"(weights: {resnet.weights_source})"
+    )
+    for name, result in (("c1", c1), ("c32", c32), ("c256", c256), ("soak c32", soak),
+                         ("tutorial c32", baseline), ("ResNet34 c16", resnet_c16)):  # fmt: skip
+        notes.append(f"{name}: {result.summary()}")
+
+    growth = (rss_after - rss_before) / rss_before
+    checks = [
+        _ratio("Lite0 c32 img/s >= 0.9 x in-process ceiling", c32.images_per_second,
+               ceiling.images_per_s, 0.9),
+        _ratio("Lite0 c32 img/s >= 3 x tutorial-design server at c32", c32.images_per_second,
+               baseline.images_per_second, 3.0),
+        Check("Lite0 p50 at c1 within 1.5 ms of in-process single-image latency",
+              f"{c1.percentile_ms(50):.2f} ms vs {single * 1000:.2f} ms "
+              f"(+{c1.percentile_ms(50) - single * 1000:.2f} ms)",
+              c1.percentile_ms(50) - single * 1000 <= 1.5),
+        Check("no failed request at c256", f"{c256.errors} errors in {c256.requests} requests",
+              c256.errors == 0 and c256.requests > 0),
+        Check(f"memory flat over {soak_requests:,} requests",
+              f"RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB "
+              f"({growth:+.1%}), {soak.errors} errors", growth < 0.05 and soak.errors == 0),
+        _ratio("ResNet34 c16 img/s >= 0.9 x its in-process ceiling",
+               resnet_c16.images_per_second, resnet_ceiling.images_per_s, 0.9),
+    ]  # fmt: skip
+    return checks, notes
+
+
+def _ratio(target: str, value: float, reference: float, needed: float) -> Check:
+    ratio = value / reference if reference else 0.0
+    return Check(target, f"{value:.1f} vs {reference:.1f} = {ratio:.2f} x", ratio >= needed)
+
+
+def machine() -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor() or "unknown CPU",
+    )  # fmt: skip
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, no GPU; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, onnxruntime "
+        f"{onnxruntime.__version__}"
+    )
+
+
+def write_results(checks: list[Check], notes: list[str], seconds: float) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Produced by `make benchmark` (`python -m benchmarks.run`) on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Machine: {machine()}.",
+        f"Client and server on the same machine; one 451x300 JPEG per request "
+        f"(export/sample_images/cat.jpg), tutorial API; {seconds:.0f} s per run.",
+        "",
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+        *(f"| {c.target} | {c.measured} | {'yes' if c.passed else 'NO'} |" for c in checks),
+        "",
+        "## Raw figures",
+        "",
+        *(f"- {note}" for note in notes),
+        "",
+    ]
+    text = "\n".join(lines)
+    RESULTS.write_text(text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each run")
+    parser.add_argument("--soak-requests", type=int, default=20_000)
+    args = parser.parse_args()
+    for model in ("efficientnet_lite0", "resnet34"):
+        ensure_exported(model, args.artifacts)
+    checks, notes = run(args.artifacts, args.seconds, args.soak_requests)
+    print(write_results(checks, notes, args.seconds))
+    return 0 if all(c.passed for c in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The tutorial's server design, re-implemented faithfully as the baseline to beat.
+
+As in the tutorial: a grpc.aio server whose `inference` handler decodes the images with Pillow,
+applies torchvision transforms (resize to 224x224, to tensor, normalise) and runs the eager PyTorch
+model inside the coroutine, blocking the event loop; no batching across requests, no executor.
+Only the model differs from the tutorial's ResNet34 when asked: it is the same model and the same
+pre-processing that torchgrpc serves, so the two are compared on equal work.
+
+    python -m benchmarks.tutorial_server --model efficientnet_lite0 --port 50052
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from export.manifest import WEIGHTS_NAME
+from export.zoo import DEFAULT_MODEL, get_spec
+from serve.backends import load_manifest
+from serve.config import DEFAULT_ARTIFACTS
+from serve.pb import inference_pb2, inference_pb2_grpc
+
+
+class InferenceService(inference_pb2_grpc.InferenceServerServicer):  # type: ignore[misc]
+    def __init__(self, model_name: str, artifacts: Path) -> None:
+        manifest = load_manifest(artifacts, model_name)
+        state = torch.load(artifacts / model_name / WEIGHTS_NAME, weights_only=True)
+        self.model = get_spec(model_name).build_with(state)
+        pre = manifest.preprocessing
+        self.transforms = T.Compose(
+            [
+                T.Resize((pre.height, pre.width)),
+                T.ToTensor(),
+                T.Normalize([m / 255 for m in pre.mean], [s / 255 for s in pre.std]),
+            ]
+        )
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transforms(image.convert("RGB")) for image in images])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> list[int]:
+        predictions: list[int] = self.model(x).argmax(dim=1).tolist()
+        return predictions
+
+    async def inference(
+        self, request: inference_pb2.InferenceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> inference_pb2.InferenceReply:
+        images = [Image.open(io.BytesIO(data)) for data in request.image]
+        return inference_pb2.InferenceReply(pred=self.predict(self.preprocess(images)))
+
+
+async def serve(model: str, artifacts: Path, port: int, ready_file: Path | None) -> None:
+    server = grpc.aio.server()
+    inference_pb2_grpc.add_InferenceServerServicer_to_server(
+        InferenceService(model, artifacts), server
+    )
+    bound = server.add_insecure_port(f"[::]:{port}")
+    await server.start()
+    if ready_file is not None:
+        ready_file.write_text(json.dumps({"port": bound}))  # noqa: ASYNC240 (once, at start-up)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    parser.add_argument("--port", type=int, default=50052)
+    parser.add_argument("--ready-file", type=Path)
+    args = parser.parse_args()
+    asyncio.run(serve(args.model, args.artifacts, args.port, args.ready_file))
+
+
+if __name__ == "__main__":
+    main()
