@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -142,7 +143,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         items = [_Item(array, loop.create_future(), deadline) for array in arrays]
         for item in items:
-            item.future.add_done_callback(lambda _, item=item: self._leave_queue(item))
+            item.future.add_done_callback(functools.partial(self._on_done, item))
         self._queue.extend(items)
         self._waiting += len(items)
         self._queued.set()
@@ -225,6 +226,9 @@ class Batcher:
                 batch.append(item)
         self._taken.update(batch)
         return batch
+
+    def _on_done(self, item: _Item, future: asyncio.Future[np.ndarray]) -> None:
+        self._leave_queue(item)
 
     def _leave_queue(self, item: _Item) -> None:
         """Counts ``item`` out of the queue once: when taken, or when its caller gives up."""
