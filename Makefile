@@ -16,6 +16,8 @@ help:
 	@echo "make export [MODEL=...] [WEIGHTS=|random|path/to/state_dict.pth]"
 	@echo "make client [IMAGES='a.jpg b.png'] [SERVER=host:port]"
 	@echo "make compare [MODEL=...]    backend latency and throughput, table + JSON + chart"
+	@echo "make bench [ARGS=...]       load generator against a server it starts (serve.bench --help)"
+	@echo "make benchmark               every performance target side by side: benchmarks/RESULTS.md"
 	@echo "make test                    lint, type-check and the whole test suite"
 	@echo "make protos                  regenerate serve/pb/ from protos/"
 

@@ -164,11 +164,21 @@ def _fingerprint(model: str, weights_sha: str) -> str:
     inputs = {
         "model": model,
         "weights": weights_sha,
+        "code": _code_sha256(),
         "opset": ONNX_OPSET,
         "manifest_version": MANIFEST_VERSION,
         **_versions(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _code_sha256() -> str:
+    """The model definitions and conversions: a change to them changes what an export writes."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for source in sorted([*package.glob("zoo/*.py"), package / "convert.py"]):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:

@@ -70,6 +70,8 @@ class BatcherStats:
     batches: int = 0
     images: int = 0
     dropped: int = 0
+    # Batches run on the solo instance.
+    solo: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -81,8 +83,12 @@ class Batcher:
         instances: Sequence[RunBatch],
         config: BatchingConfig,
         *,
+        solo: RunBatch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``solo``, optional, is an instance that uses every core: it runs a batch that has the
+        machine to itself (no other batch running, nothing queued), so a lone request on a quiet
+        server gets all the cores while a busy one keeps one instance per core."""
         if not instances:
             raise ValueError("a batcher needs at least one model instance")
         self._config = config
@@ -99,6 +105,9 @@ class Batcher:
         self._executors = [
             ThreadPoolExecutor(1, thread_name_prefix=f"model-{i}") for i in range(len(instances))
         ]
+        self._solo = solo
+        self._solo_executor = ThreadPoolExecutor(1, thread_name_prefix="model-solo")
+        self._running = 0
         self._workers: list[asyncio.Task[None]] = []
         self.stats = BatcherStats()
 
@@ -119,7 +128,7 @@ class Batcher:
         self._fail([*self._taken, *self._queue], BatchError("the server is shutting down"))
         self._taken.clear()
         self._queue.clear()
-        for executor in self._executors:
+        for executor in [*self._executors, self._solo_executor]:
             # Off the loop: a batch still running must not stall everything else.
             await asyncio.to_thread(executor.shutdown, True)
 
@@ -161,8 +170,14 @@ class Batcher:
             if not batch:
                 continue
             inputs = np.stack([item.array for item in batch])
+            solo = self._solo if self._running == 0 and not self._waiting else None
+            self._running += 1
             try:
-                logits = await loop.run_in_executor(executor, run, inputs)
+                if solo is not None:
+                    self.stats.solo += 1
+                    logits = await loop.run_in_executor(self._solo_executor, solo, inputs)
+                else:
+                    logits = await loop.run_in_executor(executor, run, inputs)
                 if logits.shape[0] != len(batch):
                     raise RuntimeError(f"model returned {logits.shape[0]} rows for {len(batch)}")
             except Exception as exc:
@@ -170,6 +185,8 @@ class Batcher:
                 self._fail(batch, BatchError(f"model failed: {exc}"))
             else:
                 self._answer(batch, logits)
+            finally:
+                self._running -= 1
             # Not in a `finally`: when close() cancels this worker mid-batch, the batch must stay
             # in _taken so that close() can answer its callers.
             self._taken.difference_update(batch)

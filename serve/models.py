@@ -92,18 +92,23 @@ def load_model(name: str, config: ServerConfig, decode_pool: Executor) -> Served
     backends = [
         load_backend(choice.backend, config.artifacts, manifest, threads) for _ in range(instances)
     ]
+    cores = os.cpu_count() or 1
+    solo = None
+    if backends[0].threads_per_instance and threads < cores:
+        solo = load_backend(choice.backend, config.artifacts, manifest, cores)
     warm_up = np.zeros((1, *manifest.input_shape), dtype=np.float32)
-    for backend in backends:
+    for backend in [*backends, *([solo] if solo else [])]:
         # The first calls allocate and (for TorchScript) optimise the graph: do it before serving.
         backend.run(warm_up)
         backend.run(warm_up)
     log.info(
-        "loaded %s on %s (%s): %d instance(s) x %d thread(s) in %.2f s (weights %s)",
+        "loaded %s on %s (%s): %d instance(s) x %d thread(s)%s in %.2f s (weights %s)",
         name,
         choice.backend,
         choice.reason,
         instances,
         threads,
+        f" + a {cores}-thread instance for lone batches" if solo is not None else "",
         time.perf_counter() - started,
         manifest.weights_source,
     )
@@ -115,5 +120,7 @@ def load_model(name: str, config: ServerConfig, decode_pool: Executor) -> Served
         input_width=manifest.preprocessing.width,
         num_classes=len(manifest.labels),
     )
-    batcher = Batcher([b.run for b in backends], config.batching)
+    batcher = Batcher(
+        [b.run for b in backends], config.batching, solo=solo.run if solo is not None else None
+    )
     return ServedModel(info, manifest, batcher, decode_pool, config.image_limits)

@@ -83,16 +83,16 @@ class Server:
 
     async def stop(self) -> None:
         """NOT_SERVING first (probes steer traffic away), then stop accepting and drain within the
-        grace period, then unload the models."""
-        if self._grpc is None:
-            return
-        await self._health.enter_graceful_shutdown()
-        await self._grpc.stop(self.config.grace_seconds)
-        self._grpc = None
+        grace period, then unload the models. Safe after a failed or partial start."""
+        if self._grpc is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._grpc.stop(self.config.grace_seconds)
+            self._grpc = None
         if self._core is not None:
             await self._core.close()
+            self._core = None
+            log.info("server stopped")
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
-        log.info("server stopped")
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -107,7 +107,6 @@ class Server:
             await self.start()
         except BaseException:
             await self.stop()
-            self._decode_pool.shutdown(wait=False, cancel_futures=True)
             raise
         return self
 

@@ -148,6 +148,7 @@ class Harness:
     batcher: Batcher
     models: list[FakeModel]
     clock: FakeClock
+    solo: FakeModel | None = None
     tasks: list[asyncio.Task[np.ndarray]] = field(default_factory=list)
     started: int = 0  # caller tasks that have run far enough to queue their images
 
@@ -197,21 +198,28 @@ async def make() -> AsyncIterator[MakeHarness]:
         blocked: bool = False,
         start: bool = True,
         respond: Callable[[np.ndarray], np.ndarray] = echo_logits,
+        solo: bool = False,
         **config: float,
     ) -> Harness:
         models = [FakeModel(blocked=blocked, respond=respond) for _ in range(instances)]
+        solo_model = FakeModel(blocked=blocked, respond=respond) if solo else None
         clock = FakeClock()
-        batcher = Batcher(models, BatchingConfig(**config), clock=clock)  # type: ignore[arg-type]
+        batcher = Batcher(
+            models,
+            BatchingConfig(**config),
+            solo=solo_model,
+            clock=clock,  # type: ignore[arg-type]
+        )
         if start:
             batcher.start()
-        harness = Harness(batcher, models, clock)
+        harness = Harness(batcher, models, clock, solo_model)
         made.append(harness)
         return harness
 
     yield build
 
     for harness in made:
-        for model in harness.models:
+        for model in [*harness.models, *([harness.solo] if harness.solo else [])]:
             model.release()
         await harness.batcher.close()
         for task in harness.tasks:
@@ -705,3 +713,31 @@ async def test_close_settles_a_batch_waiting_to_fill(make: MakeHarness) -> None:
     finally:
         waiting.cancel()
         await asyncio.gather(waiting, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The solo instance: every core for a batch that has the machine to itself
+
+
+async def test_a_lone_batch_runs_on_the_solo_instance(make: MakeHarness) -> None:
+    h = make(instances=2, solo=True)
+    assert [row[0] for row in await result(h.submit([1.0, 2.0]))] == [1.0, 2.0]
+    assert h.solo is not None
+    assert h.solo.batches == [[1.0, 2.0]]
+    assert all(model.batches == [] for model in h.models)
+    assert h.batcher.stats.solo == 1
+
+
+async def test_while_a_batch_runs_the_next_goes_to_a_per_core_instance(make: MakeHarness) -> None:
+    h = make(instances=2, solo=True, blocked=True)
+    assert h.solo is not None
+    first = h.submit([1.0])
+    await h.batches(1, h.solo)  # alone: the solo instance took it, and is now busy
+    second = h.submit([2.0])
+    await until(lambda: sum(len(m.batches) for m in h.models) == 1, "the second batch to start")
+    assert [m.batches for m in h.models] in ([[[2.0]], []], [[], [[2.0]]])
+    assert h.solo.batches == [[1.0]]  # never two batches on the solo instance at once
+    for model in [h.solo, *h.models]:
+        model.release()
+    assert [row[0] for row in await result(first)] == [1.0]
+    assert [row[0] for row in await result(second)] == [2.0]

@@ -112,11 +112,22 @@ class Conv2dStaticSamePadding(nn.Conv2d):
         image_size: int,
         groups: int = 1,
     ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel, stride, padding=0, groups=groups, bias=False
-        )
         before, after = _same_padding(image_size, kernel, stride)
-        self.static_padding = nn.ZeroPad2d((before, after, before, after))
+        # Symmetric padding is the convolution's own (no padded copy of the input); only the
+        # asymmetric stride-2 case needs an explicit pad in front.
+        symmetric = before == after
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding=before if symmetric else 0,
+            groups=groups,
+            bias=False,
+        )
+        self.static_padding: nn.Module = (
+            nn.Identity() if symmetric else nn.ZeroPad2d((before, after, before, after))
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return super().forward(self.static_padding(input))

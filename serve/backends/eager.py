@@ -16,6 +16,7 @@ __all__ = ["EagerBackend"]
 
 class EagerBackend:
     name = "eager"
+    threads_per_instance = False
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
         set_torch_threads(threads)

@@ -14,6 +14,7 @@ __all__ = ["OnnxRuntimeBackend"]
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    threads_per_instance = True
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
         options = onnxruntime.SessionOptions()

@@ -16,6 +16,7 @@ __all__ = ["TorchScriptBackend"]
 
 class TorchScriptBackend:
     name = "torchscript"
+    threads_per_instance = False
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
         set_torch_threads(threads)

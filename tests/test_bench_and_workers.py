@@ -1,0 +1,82 @@
+"""The load generator's modes, the tutorial-design baseline, and --workers on one port."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+
+from export.pipeline import ExportResult
+from serve.pb import inference_pb2, inference_pb2_grpc
+from serve.process import ServerProcess
+from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, TEST_ARTIFACTS, ServerThread
+
+
+def bench(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serve.bench", *arguments], capture_output=True, text=True,
+        cwd=ROOT, timeout=300, check=True,
+    )  # fmt: skip
+
+
+def tutorial_predictions(address: str) -> list[int]:
+    with grpc.insecure_channel(address) as channel:
+        reply = inference_pb2_grpc.InferenceServerStub(channel).inference(
+            inference_pb2.InferenceRequest(image=[CAT_JPG.read_bytes()] * 2), timeout=60
+        )
+    return list(reply.pred)
+
+
+def test_bench_drives_both_apis_and_prints_json(server: ServerThread) -> None:
+    for api in ("tutorial", "classify"):
+        done = bench("--server", server.address, "--api", api, "--requests", "12",
+                     "--concurrency", "3", "--images-per-request", "2", "--json")  # fmt: skip
+        summary = json.loads(done.stdout)
+        assert (summary["api"], summary["requests"], summary["errors"]) == (api, 12, 0)
+        assert summary["images_per_s"] == 2 * summary["requests_per_s"]
+        assert 0 < summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
+
+
+def test_bench_sweep_writes_csv_and_chart(server: ServerThread, tmp_path: Path) -> None:
+    done = bench("--server", server.address, "--sweep", "1,4", "--requests", "8",
+                 "--out", str(tmp_path))  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [row["concurrency"] for row in rows] == ["1", "4"]
+    assert all(row["errors"] == "0" for row in rows)
+    assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")
+    assert "concurrency=4" in done.stdout
+    assert "c4" in done.stderr  # the progress bar
+
+
+def test_bench_in_process_measures_the_ceiling(lite0_export: ExportResult) -> None:
+    done = bench("--in-process", "--backend", "onnxruntime", "--duration", "1", "--json",
+                 "--artifacts", str(TEST_ARTIFACTS))  # fmt: skip
+    summary = json.loads(done.stdout)
+    assert summary["mode"] == "in-process"
+    assert summary["images_per_s"] > 0 and summary["single_image_latency_ms"] > 0
+
+
+def test_tutorial_design_baseline_serves_the_same_answers(lite0_export: ExportResult) -> None:
+    arguments = ["--artifacts", str(TEST_ARTIFACTS)]
+    with ServerProcess(arguments, module="benchmarks.tutorial_server") as baseline:
+        assert tutorial_predictions(baseline.address) == [EGYPTIAN_CAT, EGYPTIAN_CAT]
+
+
+def test_workers_share_one_port(lite0_export: ExportResult, tmp_path: Path) -> None:
+    arguments = ["--artifacts", str(TEST_ARTIFACTS), "--workers", "2", "--instances", "1",
+                 "--threads", "1", "--decode-threads", "1"]  # fmt: skip
+    with ServerProcess(arguments) as server:
+        children = [
+            pid
+            for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+            if b"spawn_main"
+            in Path(f"/proc/{pid}/cmdline").read_bytes()  # not the resource tracker
+        ]
+        assert len(children) == 2
+        for _ in range(3):  # new connections each time: the kernel spreads them over workers
+            assert tutorial_predictions(server.address) == [EGYPTIAN_CAT, EGYPTIAN_CAT]
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
