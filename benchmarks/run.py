@@ -21,9 +21,10 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from export.pipeline import SAMPLE_IMAGES, export_model
+from export.catalog import SAMPLE_IMAGES
+from export.pipeline import export_model
 from export.zoo import WeightsUnavailable
-from serve.backends import load_manifest
+from serve.backends import ArtifactError, load_manifest
 from serve.bench import run_load
 from serve.ceiling import measure_ceiling, measure_single_image_latency
 from serve.config import DEFAULT_ARTIFACTS
@@ -42,21 +43,27 @@ class Check:
 
 
 def ensure_exported(model: str, artifacts: Path) -> str:
-    """Exports ``model`` if needed; ResNet34 falls back to random weights (same latency)."""
+    """Uses the current export, else exports; ResNet34 falls back to random weights where its
+    ImageNet weights can't be had (the same work, so the same speed)."""
+    try:
+        return load_manifest(artifacts, model).weights_source
+    except ArtifactError:
+        pass
     artifacts.mkdir(parents=True, exist_ok=True)
     try:
         return export_model(model, None, artifacts).manifest.weights_source
     except WeightsUnavailable:
-        try:
-            return load_manifest(artifacts, model).weights_source
-        except Exception:
-            return export_model(model, "random", artifacts).manifest.weights_source
+        return export_model(model, "random", artifacts).manifest.weights_source
 
 
 def load(address: str, concurrency: int, seconds: float) -> LoadResult:
+    print(f"  {address}: concurrency {concurrency} for {seconds:.0f} s", flush=True)
     return asyncio.run(
-        run_load(address, "tutorial", [IMAGE.read_bytes()], concurrency, duration=seconds)
-    )
+        run_load(
+            address, "tutorial", [IMAGE.read_bytes()], concurrency, duration=seconds,
+            progress=False,
+        )
+    )  # fmt: skip
 
 
 def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check], list[str]]:
@@ -78,9 +85,11 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         c32 = load(server.address, 32, seconds)
         c256 = load(server.address, 256, seconds)
         rss_before = server.rss_bytes()
+        print(f"  soak: {soak_requests:,} requests at concurrency 32", flush=True)
         soak = asyncio.run(
-            run_load(server.address, "tutorial", [image], 32, requests=soak_requests)
-        )
+            run_load(server.address, "tutorial", [image], 32, requests=soak_requests,
+                     progress=False)
+        )  # fmt: skip
         rss_after = server.rss_bytes()
     with ServerProcess(["--model", "efficientnet_lite0", *common],
                        module="benchmarks.tutorial_server") as tutorial:  # fmt: skip

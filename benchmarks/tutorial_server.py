@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from export.catalog import DEFAULT_MODEL
 from export.manifest import WEIGHTS_NAME
-from export.zoo import DEFAULT_MODEL, get_spec
+from export.zoo import get_spec
 from serve.backends import load_manifest
 from serve.config import DEFAULT_ARTIFACTS
 from serve.pb import inference_pb2, inference_pb2_grpc

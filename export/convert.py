@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["ONNX_OPSET", "export_onnx", "torchscript_is_wanted", "trace_torchscript"]
+from export.fingerprint import ONNX_OPSET
 
-# Opset 17 is supported by every ONNX Runtime of the last years and has all ops these CNNs need.
-ONNX_OPSET = 17
+__all__ = ["export_onnx", "torchscript_is_wanted", "trace_torchscript"]
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 

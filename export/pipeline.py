@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -15,10 +13,11 @@ import onnx
 import onnxruntime
 import torch
 
-from export.convert import ONNX_OPSET, export_onnx, torchscript_is_wanted, trace_torchscript
+from export.catalog import SAMPLE_IMAGES
+from export.convert import export_onnx, torchscript_is_wanted, trace_torchscript
+from export.fingerprint import ONNX_OPSET, export_fingerprint, library_versions
 from export.manifest import (
     MANIFEST_NAME,
-    MANIFEST_VERSION,
     ONNX_NAME,
     TORCHSCRIPT_NAME,
     WEIGHTS_NAME,
@@ -37,7 +36,6 @@ __all__ = ["SAMPLE_IMAGES", "ExportResult", "ParityError", "export_model"]
 
 log = logging.getLogger(__name__)
 
-SAMPLE_IMAGES = Path(__file__).resolve().parent / "sample_images"
 # Exported forms may differ from eager by float rounding only; more than this is a broken export.
 MAX_LOGIT_DIFF = 1e-2
 
@@ -60,7 +58,7 @@ def export_model(
     spec = get_spec(model)
     loaded = spec.load_weights(weights)
     weights_sha = state_dict_sha256(loaded.state_dict)
-    fingerprint = _fingerprint(spec.name, weights_sha)
+    fingerprint = export_fingerprint(spec.name, weights_sha)
     folder = artifacts / spec.name
     current = _current_manifest(folder)
     if not force and current is not None and current.fingerprint == fingerprint:
@@ -109,8 +107,8 @@ def _write_artifacts(
         labels=spec.labels,
         opset=ONNX_OPSET,
         parity=parity,
-        versions=_versions(),
-        fingerprint=_fingerprint(spec.name, weights_sha),
+        versions=library_versions(),
+        fingerprint=export_fingerprint(spec.name, weights_sha),
         files={
             name: file_sha256(out / name) for name in (TORCHSCRIPT_NAME, ONNX_NAME, WEIGHTS_NAME)
         },
@@ -157,36 +155,6 @@ def _check_parity(model: str, parity: dict[str, Parity]) -> None:
         )
         if not result.top1_equal or result.max_abs_diff > MAX_LOGIT_DIFF:
             raise ParityError(f"{model}: {backend} disagrees with eager ({result})")
-
-
-def _fingerprint(model: str, weights_sha: str) -> str:
-    """Everything an export depends on; a change in any of it makes the artifacts stale."""
-    inputs = {
-        "model": model,
-        "weights": weights_sha,
-        "code": _code_sha256(),
-        "opset": ONNX_OPSET,
-        "manifest_version": MANIFEST_VERSION,
-        **_versions(),
-    }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-
-
-def _code_sha256() -> str:
-    """The model definitions and conversions: a change to them changes what an export writes."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for source in sorted([*package.glob("zoo/*.py"), package / "convert.py"]):
-        digest.update(source.read_bytes())
-    return digest.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    return {
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
 
 
 def _current_manifest(folder: Path) -> Manifest | None:

@@ -21,8 +21,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
-from export.pipeline import SAMPLE_IMAGES
-from export.zoo import DEFAULT_MODEL
+from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
 from serve.backends import BACKENDS
 from serve.config import DEFAULT_ARTIFACTS
 from serve.loadgen import LoadResult, SendOne, closed_loop

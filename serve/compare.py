@@ -23,8 +23,7 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
-from export.pipeline import SAMPLE_IMAGES
-from export.zoo import DEFAULT_MODEL, MODELS
+from export.catalog import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_IMAGES
 from serve.backends import BACKENDS, load_backend, load_manifest
 from serve.config import DEFAULT_ARTIFACTS
 from serve.imaging import ImageLimits, load_image
@@ -177,7 +176,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve.compare", description=__doc__)
-    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS))
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     parser.add_argument(

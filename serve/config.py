@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.zoo import DEFAULT_MODEL
+from export.catalog import DEFAULT_MODEL
 from serve.backend_choice import AUTO
 from serve.backends import BACKENDS
 from serve.batching import BatchingConfig

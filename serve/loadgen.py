@@ -45,6 +45,7 @@ class LoadResult:
         return {
             "concurrency": self.concurrency,
             "requests": self.requests,
+            "images": self.images,
             "errors": self.errors,
             "seconds": round(self.seconds, 3),
             "requests_per_s": round(self.requests_per_second, 2),

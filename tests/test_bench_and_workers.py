@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import pytest
 
 from export.pipeline import ExportResult
 from serve.pb import inference_pb2, inference_pb2_grpc
@@ -37,14 +38,15 @@ def test_bench_drives_both_apis_and_prints_json(server: ServerThread) -> None:
                      "--concurrency", "3", "--images-per-request", "2", "--json")  # fmt: skip
         summary = json.loads(done.stdout)
         assert (summary["api"], summary["requests"], summary["errors"]) == (api, 12, 0)
-        assert summary["images_per_s"] == 2 * summary["requests_per_s"]
+        assert summary["images"] == 24
+        assert summary["images_per_s"] == pytest.approx(2 * summary["requests_per_s"], rel=1e-3)
         assert 0 < summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
 
 
 def test_bench_sweep_writes_csv_and_chart(server: ServerThread, tmp_path: Path) -> None:
     done = bench("--server", server.address, "--sweep", "1,4", "--requests", "8",
                  "--out", str(tmp_path))  # fmt: skip
-    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").read_text().splitlines()))
     assert [row["concurrency"] for row in rows] == ["1", "4"]
     assert all(row["errors"] == "0" for row in rows)
     assert (tmp_path / "sweep.png").read_bytes().startswith(b"\x89PNG")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from export.catalog import DEFAULT_MODEL, MODEL_NAMES
 from export.zoo.lite0 import EFFICIENTNET_LITE0
 from export.zoo.resnet34 import RESNET34
 from export.zoo.spec import RANDOM, LoadedWeights, ModelSpec, WeightsUnavailable
@@ -17,7 +18,7 @@ __all__ = [
 ]
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (EFFICIENTNET_LITE0, RESNET34)}
-DEFAULT_MODEL = EFFICIENTNET_LITE0.name
+assert tuple(MODELS) == MODEL_NAMES, "export.catalog must list the zoo's models"
 
 
 def get_spec(name: str) -> ModelSpec:
