@@ -9,7 +9,7 @@ import torch
 
 from export.manifest import WEIGHTS_NAME, Manifest
 from export.zoo import get_spec
-from serve.backends.torch_threads import set_torch_threads
+from serve.backends.torch_runtime import configure_torch
 
 __all__ = ["EagerBackend"]
 
@@ -19,7 +19,7 @@ class EagerBackend:
     threads_per_instance = False
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
-        set_torch_threads(threads)
+        configure_torch(threads)
         state = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
         self._module = get_spec(manifest.model).build_with(state)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from export.manifest import TORCHSCRIPT_NAME, Manifest
-from serve.backends.torch_threads import set_torch_threads
+from serve.backends.torch_runtime import configure_torch
 
 __all__ = ["TorchScriptBackend"]
 
@@ -19,7 +19,7 @@ class TorchScriptBackend:
     threads_per_instance = False
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
-        set_torch_threads(threads)
+        configure_torch(threads)
         with warnings.catch_warnings():
             # torch.jit is deprecated upstream; TorchScript artifacts are what our user asked for.
             warnings.simplefilter("ignore", FutureWarning)
