@@ -21,6 +21,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 
+from benchmarks.draft import measure_draft
 from export.catalog import SAMPLE_IMAGES
 from export.pipeline import export_model
 from export.zoo import WeightsUnavailable
@@ -72,6 +73,7 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
     lite0 = load_manifest(artifacts, "efficientnet_lite0")
     ceiling = measure_ceiling("onnxruntime", artifacts, lite0, image, seconds=seconds)
     single = measure_single_image_latency("onnxruntime", artifacts, lite0, image)
+    draft = measure_draft(artifacts, lite0)
     notes.append(
         f"Lite0 in-process ceiling: {ceiling.images_per_s:.1f} img/s ({ceiling.instances} threads, "
         f"each decoding and running its own ONNX Runtime session with "
@@ -122,6 +124,10 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         Check(f"memory flat over {soak_requests:,} requests",
               f"RSS {rss_before / 2**20:.0f} MiB -> {rss_after / 2**20:.0f} MiB "
               f"({growth:+.1%}), {soak.errors} errors", growth < 0.05 and soak.errors == 0),
+        Check("JPEG draft mode: faster decode of a 1600x1067 photo, top-1 unchanged",
+              f"{draft.full_ms:.1f} ms -> {draft.draft_ms:.1f} ms ({draft.speed_up:.1f} x), "
+              f"top-1 {'unchanged' if draft.same_top1 else 'CHANGED'}",
+              draft.speed_up > 1.5 and draft.same_top1),
         _ratio("ResNet34 c16 img/s >= 0.9 x its in-process ceiling",
                resnet_c16.images_per_second, resnet_ceiling.images_per_s, 0.9),
     ]  # fmt: skip

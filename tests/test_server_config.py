@@ -99,3 +99,31 @@ def test_missing_artifacts_stop_start_up_with_the_fix(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "make export MODEL=efficientnet_lite0" in done.stderr
+
+
+def test_tls_serves_securely_and_opening_it_up_does_not_warn(
+    base_config: ServerConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    config = config_with(
+        base_config, models=("efficientnet_lite0",), host="0.0.0.0", tls_cert=cert, tls_key=key
+    )
+    with caplog.at_level(logging.WARNING, logger="serve"), ServerThread(config) as running:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        address = f"localhost:{running.server.port}"
+        with grpc.secure_channel(address, credentials) as channel:
+            reply = inference_pb2_grpc.InferenceServerStub(channel).inference(
+                inference_pb2.InferenceRequest(image=[CAT_JPG.read_bytes()]), timeout=30
+            )
+        with grpc.insecure_channel(address) as plain, pytest.raises(grpc.RpcError):
+            inference_pb2_grpc.InferenceServerStub(plain).inference(
+                inference_pb2.InferenceRequest(image=[CAT_JPG.read_bytes()]), timeout=5
+            )
+    assert list(reply.pred) == [EGYPTIAN_CAT]
+    assert not any("without TLS" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,71 @@
+"""JPEG draft mode on a big photo: decode + pre-process time with and without it, same answer.
+
+Measured by `make benchmark` (benchmarks/run.py).
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from export.catalog import SAMPLE_IMAGES
+from export.manifest import Manifest
+from serve.backends import load_backend
+from serve.imaging import ImageLimits, load_image
+
+__all__ = ["DraftResult", "big_photo", "measure_draft"]
+
+SIZE = (1600, 1067)
+
+
+@dataclass(frozen=True)
+class DraftResult:
+    draft_ms: float
+    full_ms: float
+    same_top1: bool
+
+    @property
+    def speed_up(self) -> float:
+        return self.full_ms / self.draft_ms
+
+
+def big_photo() -> bytes:
+    """The coffee photo at 1600x1067, JPEG quality 90: a typical phone-camera-sized upload."""
+    image = (
+        Image.open(SAMPLE_IMAGES / "coffee.jpg")
+        .convert("RGB")
+        .resize(SIZE, Image.Resampling.BICUBIC)
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _median_ms(data: bytes, limits: ImageLimits, manifest: Manifest, runs: int) -> float:
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        load_image(data, 0, limits, manifest.preprocessing)
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000
+
+
+def measure_draft(artifacts: Path, manifest: Manifest, runs: int = 50) -> DraftResult:
+    data = big_photo()
+    draft, full = ImageLimits(draft=True), ImageLimits(draft=False)
+    model = load_backend("onnxruntime", artifacts, manifest, 1)
+    batch = np.stack(
+        [load_image(data, 0, limits, manifest.preprocessing) for limits in (draft, full)]
+    )
+    top1 = model.run(batch).argmax(axis=1)
+    return DraftResult(
+        draft_ms=_median_ms(data, draft, manifest, runs),
+        full_ms=_median_ms(data, full, manifest, runs),
+        same_top1=bool(top1[0] == top1[1]),
+    )
