@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from export.manifest import WEIGHTS_NAME, Manifest
 from export.zoo import get_spec
-from serve.backends.torch_runtime import configure_torch
+from serve.backends.torch_runtime import PinnedModule
 
 __all__ = ["EagerBackend"]
 
@@ -19,11 +20,11 @@ class EagerBackend:
     threads_per_instance = False
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
-        configure_torch(threads)
-        state = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
-        self._module = get_spec(manifest.model).build_with(state)
+        def load() -> nn.Module:
+            state = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+            return get_spec(manifest.model).build_with(state)
+
+        self._module = PinnedModule(load, threads)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits: np.ndarray = self._module(torch.from_numpy(batch)).numpy()
-        return logits
+        return self._module.run(batch)

@@ -1,14 +1,17 @@
-"""Process-wide PyTorch settings, set in one place by the torch backends."""
+"""What both PyTorch backends need: process-wide settings, and a module pinned to one thread."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
-__all__ = ["configure_torch"]
+__all__ = ["PinnedModule"]
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -17,12 +20,36 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 1024 * 1024 * 1024
 
+TorchModule = Callable[[torch.Tensor], torch.Tensor]
 
-def configure_torch(threads: int) -> None:
-    """Intra-op threads (one pool per process in PyTorch) and memory that stays mapped."""
-    if torch.get_num_threads() != threads:
+
+class PinnedModule:
+    """A torch module loaded, configured and always run on one thread of its own.
+
+    PyTorch's OpenMP keeps one thread team per calling thread, and the idle team of one thread
+    spins on the cores the other is computing on: a model loaded on one thread and run on
+    another ran at half speed here (Lite0 TorchScript, batch 1: 42 ms instead of 18 ms).
+    ``run`` may be called from any thread; the work always happens on this one.
+    """
+
+    def __init__(self, load: Callable[[], TorchModule], threads: int) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
+        self._module = self._thread.submit(self._setup, load, threads).result()
+
+    @staticmethod
+    def _setup(load: Callable[[], TorchModule], threads: int) -> TorchModule:
+        # OpenMP's thread count is a per-thread setting: set it on the thread that computes.
         torch.set_num_threads(threads)
-    _keep_freed_memory_mapped()
+        _keep_freed_memory_mapped()
+        return load()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._thread.submit(self._forward, batch).result()
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits: np.ndarray = self._module(torch.from_numpy(batch)).numpy()
+        return logits
 
 
 @functools.cache

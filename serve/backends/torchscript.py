@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from export.manifest import TORCHSCRIPT_NAME, Manifest
-from serve.backends.torch_runtime import configure_torch
+from serve.backends.torch_runtime import PinnedModule
 
 __all__ = ["TorchScriptBackend"]
 
@@ -19,18 +19,19 @@ class TorchScriptBackend:
     threads_per_instance = False
 
     def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
-        configure_torch(threads)
-        with warnings.catch_warnings():
-            # torch.jit is deprecated upstream; TorchScript artifacts are what our user asked for.
-            warnings.simplefilter("ignore", FutureWarning)
-            path = str(folder / TORCHSCRIPT_NAME)
-            module = torch.jit.load(path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
-            if manifest.torchscript_optimized:
-                # The export measured it faster on this kind of machine (see export.convert).
-                module = torch.jit.optimize_for_inference(module)
-        self._module = module
+        def load() -> torch.jit.ScriptModule:
+            with warnings.catch_warnings():
+                # torch.jit is deprecated upstream; TorchScript artifacts are what our user asked
+                # for. (Once, at load time: catch_warnings is not thread-safe in general.)
+                warnings.simplefilter("ignore", FutureWarning)
+                path = str(folder / TORCHSCRIPT_NAME)
+                module: torch.jit.ScriptModule = torch.jit.load(path, map_location="cpu").eval()  # type: ignore[no-untyped-call]
+                if manifest.torchscript_optimized:
+                    # The export measured it faster on this kind of machine (export.convert).
+                    module = torch.jit.optimize_for_inference(module)
+            return module
+
+        self._module = PinnedModule(load, threads)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits: np.ndarray = self._module(torch.from_numpy(batch)).numpy()
-        return logits
+        return self._module.run(batch)
