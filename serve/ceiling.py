@@ -20,7 +20,7 @@ import numpy as np
 from export.manifest import Manifest
 from serve.backends import Backend, load_backend
 from serve.imaging import ImageLimits, load_image
-from serve.models import default_parallelism
+from serve.models import backend_defaults
 
 __all__ = ["Ceiling", "measure_ceiling", "measure_single_image_latency"]
 
@@ -49,7 +49,8 @@ def measure_ceiling(
     on_image: Callable[[int], object] | None = None,
 ) -> Ceiling:
     """Images/s with one worker thread per model instance, each decoding its own images."""
-    instances, threads = default_parallelism(kind, os.cpu_count() or 1)
+    defaults = backend_defaults(kind, os.cpu_count() or 1)
+    instances, threads = defaults.instances, defaults.threads
     backends = [load_backend(kind, artifacts, manifest, threads) for _ in range(instances)]
     for backend in backends:
         for _ in range(3):

@@ -15,7 +15,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from serve.backends import BACKENDS, load_backend, load_manifest
 from serve.config import DEFAULT_ARTIFACTS
 from serve.imaging import ImageLimits, load_image
 from serve.loadgen import LoadResult, closed_loop
-from serve.models import default_parallelism
+from serve.models import backend_defaults
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.process import ServerProcess
 
@@ -126,7 +126,7 @@ def compare(settings: CompareSettings, backends: list[str]) -> dict[str, Any]:
             results["backends"][backend] = {
                 "in_process": in_process(settings, backend, progress.update),
                 "end_to_end": end_to_end(settings, backend, progress.update),
-                "server_parallelism": default_parallelism(backend, os.cpu_count() or 1),
+                "server_defaults": asdict(backend_defaults(backend, os.cpu_count() or 1)),
             }
     return results
 

@@ -62,7 +62,9 @@ class ServerConfig:
     max_message_bytes: int = _setting(64 * 1024 * 1024, "largest request accepted, in bytes")
     max_pixels: int = _setting(DEFAULT_MAX_PIXELS, "largest image accepted, width x height")
     formats: frozenset[str] = _setting(DEFAULT_FORMATS, "image formats accepted", _formats)
-    max_batch_size: int = _setting(16, "most images run through the model at once")
+    max_batch_size: int = _setting(
+        AUTOMATIC, "most images run through the model at once; 0 = the backend's default"
+    )
     max_queue_delay_ms: float = _setting(0.0, "wait up to this long for a fuller batch")
     max_queue_size: int = _setting(1024, "most images queued per model; beyond: RESOURCE_EXHAUSTED")
     instances: int = _setting(AUTOMATIC, "model instances per model; 0 = the backend's default")
@@ -86,20 +88,20 @@ class ServerConfig:
         for name in ("max_message_bytes", "max_pixels", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
-        for name in ("instances", "threads", "decode_threads"):
+        for name in ("instances", "threads", "decode_threads", "max_batch_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 = automatic)")
         self.image_limits  # noqa: B018  (validates the formats and pixel cap now, not at the first request)
-        self.batching  # noqa: B018
+        self.batching(default_max_batch_size=1)
 
     @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_pixels, allowed_formats=self.formats)
 
-    @property
-    def batching(self) -> BatchingConfig:
+    def batching(self, default_max_batch_size: int) -> BatchingConfig:
+        """The batcher's settings, with the backend's own batch size where none was given."""
         return BatchingConfig(
-            max_batch_size=self.max_batch_size,
+            max_batch_size=self.max_batch_size or default_max_batch_size,
             max_queue_delay=self.max_queue_delay_ms / 1000,
             max_queue_size=self.max_queue_size,
         )

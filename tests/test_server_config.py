@@ -41,8 +41,9 @@ def test_options_are_parsed_into_typed_settings() -> None:
     assert config.models == ("resnet34", "efficientnet_lite0")
     assert config.backend == "torchscript"
     assert config.formats == frozenset({"JPEG", "PNG"})
-    assert config.batching.max_batch_size == 8
-    assert config.batching.max_queue_delay == 0.0025
+    assert config.batching(16).max_batch_size == 8
+    assert config.batching(16).max_queue_delay == 0.0025
+    assert ServerConfig().batching(16).max_batch_size == 16  # 0: the backend's default
     assert config.artifacts == Path("/tmp/somewhere")
     assert parse() == ServerConfig()
 
@@ -55,7 +56,7 @@ def test_options_are_parsed_into_typed_settings() -> None:
         ({"port": 70000}, "out of range"),
         ({"max_pixels": 0}, "max_pixels must be positive"),
         ({"formats": frozenset({"NOPE"})}, "NOPE"),
-        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"max_batch_size": -1}, "max_batch_size"),
         ({"models": ()}, "at least one model"),
     ],
 )
