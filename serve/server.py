@@ -97,10 +97,14 @@ class Server:
     def request_stop(self) -> None:
         self._stop_requested.set()
 
+    async def stop_requested(self) -> None:
+        """Returns once ``request_stop()`` has been called (by a signal handler, say)."""
+        await self._stop_requested.wait()
+
     async def serve(self) -> None:
         """Starts, serves until ``request_stop()``, then shuts down."""
         async with self:
-            await self._stop_requested.wait()
+            await self.stop_requested()
 
     async def __aenter__(self) -> Server:
         try:

@@ -52,7 +52,7 @@ class ServerThread:
     async def _serve(self) -> None:
         async with self.server:
             self._ready.set()
-            await self.server._stop_requested.wait()
+            await self.server.stop_requested()
 
     def __enter__(self) -> ServerThread:
         self._thread.start()
