@@ -54,9 +54,22 @@ def _classify(channel: grpc.aio.Channel, images: list[bytes], model: str) -> Sen
     return send
 
 
+def _list_models(channel: grpc.aio.Channel, images: list[bytes], model: str) -> SendOne:
+    """No image work at all: the floor that gRPC and asyncio alone put under every request."""
+    stub = classifier_pb2_grpc.ClassifierStub(channel)
+    request = classifier_pb2.ListModelsRequest()
+
+    async def send() -> int:
+        await stub.ListModels(request, timeout=120)
+        return 0
+
+    return send
+
+
 APIS: dict[str, Callable[[grpc.aio.Channel, list[bytes], str], SendOne]] = {
     "tutorial": _tutorial,
     "classify": _classify,
+    "list-models": _list_models,
 }
 
 
