@@ -31,6 +31,8 @@ from serve.process import ServerProcess
 
 __all__ = ["APIS", "main", "run_load", "sender"]
 
+WARM_UP_SECONDS = 1.5
+
 
 def _tutorial(channel: grpc.aio.Channel, images: list[bytes], model: str) -> SendOne:
     stub = inference_pb2_grpc.InferenceServerStub(channel)
@@ -88,10 +90,12 @@ async def run_load(
     model: str = "",
     progress: bool = True,
 ) -> LoadResult:
-    """One closed-loop run against ``address`` after a short warm-up."""
+    """One closed-loop run against ``address``, after a warm-up at the same concurrency."""
     async with grpc.aio.insecure_channel(address) as channel:
         send = sender(api, channel, images, model)
-        await asyncio.gather(*(send() for _ in range(min(concurrency, 8))))
+        # Warm up at the measured concurrency: the first batches of each size allocate the
+        # model's memory arenas, and that one-off cost is not the server's steady state.
+        await closed_loop(send, concurrency, duration=WARM_UP_SECONDS)
         total = requests if requests is not None else None
         with tqdm(total=total, desc=f"c{concurrency}", unit="req", disable=not progress,
                   file=sys.stderr, leave=False) as bar:  # fmt: skip
