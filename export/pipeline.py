@@ -32,7 +32,7 @@ from export.zoo import ModelSpec, get_spec
 from export.zoo.spec import state_dict_sha256
 from serve.imaging import ImageLimits, load_image
 
-__all__ = ["SAMPLE_IMAGES", "ExportResult", "ParityError", "export_model"]
+__all__ = ["ExportResult", "ParityError", "export_model", "sample_batch"]
 
 log = logging.getLogger(__name__)
 
