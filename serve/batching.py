@@ -70,8 +70,10 @@ class BatcherStats:
     batches: int = 0
     images: int = 0
     dropped: int = 0
-    # Batches run on the solo instance.
+    # Batches run on the solo instance,
     solo: int = 0
+    # and of those, the ones prepared there too (run_alone).
+    one_hop: int = 0
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
@@ -175,14 +177,14 @@ class Batcher:
             try:
                 if solo is not None:
                     self.stats.solo += 1
-                    logits = await loop.run_in_executor(self._solo_executor, solo, inputs)
+                    logits = await loop.run_in_executor(self._solo_executor, _run, solo, inputs)
                 else:
-                    logits = await loop.run_in_executor(executor, run, inputs)
-                if logits.shape[0] != len(batch):
-                    raise RuntimeError(f"model returned {logits.shape[0]} rows for {len(batch)}")
+                    logits = await loop.run_in_executor(executor, _run, run, inputs)
             except Exception as exc:
-                log.exception("model failed on a batch of %d", len(batch))
-                self._fail(batch, BatchError(f"model failed: {exc}"))
+                # _run turns model failures into BatchError; anything else is a failure too, and
+                # must not end this worker with its batch unanswered.
+                error = exc if isinstance(exc, BatchError) else BatchError(f"model failed: {exc}")
+                self._fail(batch, error)
             else:
                 self._answer(batch, logits)
             finally:
@@ -191,10 +193,41 @@ class Batcher:
             # in _taken so that close() can answer its callers.
             self._taken.difference_update(batch)
 
-    def _answer(self, batch: Sequence[_Item], logits: np.ndarray) -> None:
+    async def run_alone(
+        self, prepare: Callable[[], np.ndarray], deadline: float | None
+    ) -> np.ndarray | None:
+        """On an idle machine, ``prepare``s a batch and runs it on the solo instance, in one hop to
+        its thread; returns None without doing anything when busy, and the caller ``submit``s.
+
+        A quiet server's request otherwise crosses threads four times (to the decode pool and
+        back, to the model thread and back), and waking an idle core costs up to half a
+        millisecond on a virtual machine: this path crosses twice. ``prepare``'s own exceptions
+        (a bad image) reach the caller as they are."""
+        if self._solo is None or self._closed or self._running or self._waiting:
+            return None
+        if deadline is not None and self._clock() >= deadline:
+            raise DeadlineExpired("deadline exceeded before the model ran")
+        loop = asyncio.get_running_loop()
+        self._running += 1
+        running = loop.run_in_executor(self._solo_executor, _prepare_and_run, self._solo, prepare)
+        # The instance stays taken until its thread is done, even if the caller gives up first.
+        running.add_done_callback(self._lone_batch_done)
+        logits = await asyncio.shield(running)
+        self.stats.solo += 1
+        self.stats.one_hop += 1
+        self._count_batch(len(logits))
+        return logits
+
+    def _lone_batch_done(self, future: asyncio.Future[np.ndarray]) -> None:
+        self._running -= 1
+
+    def _count_batch(self, size: int) -> None:
         self.stats.batches += 1
-        self.stats.images += len(batch)
-        self.stats.batch_sizes[len(batch)] += 1
+        self.stats.images += size
+        self.stats.batch_sizes[size] += 1
+
+    def _answer(self, batch: Sequence[_Item], logits: np.ndarray) -> None:
+        self._count_batch(len(batch))
         for item, row in zip(batch, logits, strict=True):
             if not item.future.done():
                 item.future.set_result(row)
@@ -258,3 +291,19 @@ class Batcher:
         for item in batch:
             if not item.future.done():
                 item.future.set_exception(error)
+
+
+def _run(model: RunBatch, inputs: np.ndarray) -> np.ndarray:
+    """``model`` on ``inputs``, on the instance's thread; any failure becomes a BatchError."""
+    try:
+        logits = model(inputs)
+        if logits.shape[0] != inputs.shape[0]:
+            raise RuntimeError(f"model returned {logits.shape[0]} rows for {inputs.shape[0]}")
+    except Exception as exc:
+        log.exception("model failed on a batch of %d", inputs.shape[0])
+        raise BatchError(f"model failed: {exc}") from exc
+    return logits
+
+
+def _prepare_and_run(model: RunBatch, prepare: Callable[[], np.ndarray]) -> np.ndarray:
+    return _run(model, prepare())

@@ -22,7 +22,7 @@ from serve.backends import Backend, load_backend
 from serve.imaging import ImageLimits, load_image
 from serve.models import backend_defaults
 
-__all__ = ["Ceiling", "measure_ceiling", "measure_single_image_latency"]
+__all__ = ["Ceiling", "LoneImage", "measure_ceiling", "measure_single_image_latency"]
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,28 @@ def measure_ceiling(
     return Ceiling(sum(counts) / (time.perf_counter() - started), instances, threads)
 
 
+class LoneImage:
+    """One image decoded, pre-processed and classified with every core on the model: the best
+    latency a request could see. Loaded once, so it can be timed in slices between other work."""
+
+    def __init__(self, kind: str, artifacts: Path, manifest: Manifest, data: bytes) -> None:
+        self._backend = load_backend(kind, artifacts, manifest, os.cpu_count() or 1)
+        self._manifest = manifest
+        self._data = data
+        self.time(5)
+
+    def time(self, iterations: int) -> list[float]:
+        """Seconds for each of ``iterations`` back-to-back runs."""
+        samples = []
+        for _ in range(iterations):
+            started = time.perf_counter()
+            _work(self._backend, self._data, self._manifest, 1)
+            samples.append(time.perf_counter() - started)
+        return samples
+
+
 def measure_single_image_latency(
     kind: str, artifacts: Path, manifest: Manifest, data: bytes, *, iterations: int = 100
 ) -> float:
-    """Median seconds to decode, pre-process and classify one image with all cores on it."""
-    backend = load_backend(kind, artifacts, manifest, os.cpu_count() or 1)
-    for _ in range(5):
-        _work(backend, data, manifest, 1)
-    samples = []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        _work(backend, data, manifest, 1)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    """Median seconds for one image with every core on it (see ``LoneImage``)."""
+    return statistics.median(LoneImage(kind, artifacts, manifest, data).time(iterations))

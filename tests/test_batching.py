@@ -741,3 +741,153 @@ async def test_while_a_batch_runs_the_next_goes_to_a_per_core_instance(make: Mak
         model.release()
     assert [row[0] for row in await result(first)] == [1.0]
     assert [row[0] for row in await result(second)] == [2.0]
+
+
+# ---------------------------------------------------------------------------------------------
+# run_alone: on an idle machine, prepare and run a lone batch in one hop to the solo instance
+
+
+def prepared(
+    marker: float, calls: list[threading.Thread] | None = None
+) -> Callable[[], np.ndarray]:
+    """A ``prepare`` that makes a one-image batch of ``marker``, noting the thread it ran on."""
+
+    def prepare() -> np.ndarray:
+        if calls is not None:
+            calls.append(threading.current_thread())
+        return np.stack(images([marker]))
+
+    return prepare
+
+
+async def test_run_alone_prepares_and_runs_on_the_solo_thread(make: MakeHarness) -> None:
+    h = make(instances=2, solo=True)
+    assert h.solo is not None
+    calls: list[threading.Thread] = []
+    logits = await asyncio.wait_for(h.batcher.run_alone(prepared(3.0, calls), None), HANG_GUARD)
+    assert logits is not None
+    np.testing.assert_array_equal(logits, expected_rows([3.0]))
+    # One hop: the image was prepared on the very thread that ran the model.
+    assert calls == h.solo.threads
+    assert calls[0] is not threading.current_thread()
+    assert all(model.batches == [] for model in h.models)
+    stats = h.batcher.stats
+    assert (stats.one_hop, stats.solo, stats.batches, stats.images) == (1, 1, 1, 1)
+
+
+async def test_run_alone_declines_without_a_solo_instance(make: MakeHarness) -> None:
+    h = make(instances=1)
+    calls: list[threading.Thread] = []
+    assert await h.batcher.run_alone(prepared(1.0, calls), None) is None
+    assert calls == []
+    assert h.model.batches == []
+
+
+async def test_run_alone_declines_while_a_batch_runs(make: MakeHarness) -> None:
+    h = make(instances=2, solo=True, blocked=True)
+    assert h.solo is not None
+    running = h.submit([1.0])
+    await h.batches(1, h.solo)
+    calls: list[threading.Thread] = []
+    assert await h.batcher.run_alone(prepared(2.0, calls), None) is None
+    assert calls == []
+    h.solo.release()
+    assert [row[0] for row in await result(running)] == [1.0]
+
+
+async def test_run_alone_declines_while_images_are_queued(make: MakeHarness) -> None:
+    h = make(instances=1, solo=True, start=False)  # no workers: the queue stays as it is
+    queued = h.submit([1.0])
+    await h.all_started()
+    await h.queued(1)
+    calls: list[threading.Thread] = []
+    assert await h.batcher.run_alone(prepared(2.0, calls), None) is None
+    assert calls == []
+    queued.cancel()
+
+
+async def test_run_alone_declines_once_closed(make: MakeHarness) -> None:
+    h = make(instances=1, solo=True)
+    await h.batcher.close()
+    assert await h.batcher.run_alone(prepared(1.0), None) is None
+    with pytest.raises(ServerUnavailable):
+        await h.batcher.submit(images([1.0]), None)
+
+
+async def test_while_run_alone_runs_a_submitted_batch_uses_a_per_core_instance(
+    make: MakeHarness,
+) -> None:
+    h = make(instances=2, solo=True, blocked=True)
+    assert h.solo is not None
+    alone = asyncio.create_task(h.batcher.run_alone(prepared(1.0), None))
+    await h.batches(1, h.solo)
+    second = h.submit([2.0])
+    await until(lambda: sum(len(m.batches) for m in h.models) == 1, "the second batch to start")
+    assert h.solo.batches == [[1.0]]
+    for model in [h.solo, *h.models]:
+        model.release()
+    lone = await asyncio.wait_for(alone, HANG_GUARD)
+    assert lone is not None
+    assert [row[0] for row in lone] == [1.0]
+    assert [row[0] for row in await result(second)] == [2.0]
+
+
+async def test_run_alone_holds_the_solo_instance_until_its_thread_is_done(
+    make: MakeHarness,
+) -> None:
+    """A caller that gives up does not free the solo instance while its batch still runs there."""
+    h = make(instances=2, solo=True, blocked=True)
+    assert h.solo is not None
+    alone = asyncio.create_task(h.batcher.run_alone(prepared(1.0), None))
+    await h.batches(1, h.solo)
+    alone.cancel()
+    await asyncio.gather(alone, return_exceptions=True)
+    assert await h.batcher.run_alone(prepared(2.0), None) is None  # still busy
+    next_one = h.submit([3.0])
+    await until(lambda: sum(len(m.batches) for m in h.models) == 1, "the next batch to start")
+    assert h.solo.batches == [[1.0]]
+    for model in [h.solo, *h.models]:
+        model.release()
+    assert [row[0] for row in await result(next_one)] == [3.0]
+    await until(lambda: h.solo is not None and h.solo.inside == 0, "the solo batch to end")
+    await settle()
+    assert await h.batcher.run_alone(prepared(4.0), None) is not None  # free again
+
+
+async def test_run_alone_passes_preparation_errors_through(make: MakeHarness) -> None:
+    h = make(instances=1, solo=True)
+    assert h.solo is not None
+
+    def bad_image() -> np.ndarray:
+        raise InvalidArgument("image 0 is not an image")
+
+    with pytest.raises(InvalidArgument, match="image 0 is not an image"):
+        await h.batcher.run_alone(bad_image, None)
+    assert h.solo.batches == []
+    # The instance is free again for the next request.
+    assert await h.batcher.run_alone(prepared(1.0), None) is not None
+
+
+async def test_run_alone_turns_model_failures_into_batch_errors(
+    make: MakeHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(inputs: np.ndarray) -> np.ndarray:
+        raise RuntimeError("out of cheese")
+
+    h = make(instances=1, solo=True, respond=broken)
+    with (
+        caplog.at_level(logging.ERROR, logger="serve.batching"),
+        pytest.raises(BatchError, match="out of cheese"),
+    ):
+        await h.batcher.run_alone(prepared(1.0), None)
+    assert "model failed on a batch of 1" in caplog.text
+
+
+async def test_run_alone_refuses_an_expired_deadline(make: MakeHarness) -> None:
+    h = make(instances=1, solo=True)
+    assert h.solo is not None
+    calls: list[threading.Thread] = []
+    with pytest.raises(DeadlineExpired):
+        await h.batcher.run_alone(prepared(1.0, calls), h.clock.now)
+    assert calls == [] and h.solo.batches == []
+    assert await h.batcher.run_alone(prepared(1.0, calls), h.clock.now + 1) is not None

@@ -45,6 +45,24 @@ async def test_many_concurrent_clients_each_get_their_own_answers(server: Server
     assert after > before, "no batch held more than one image: requests were not coalesced"
 
 
+async def test_a_lone_image_on_an_idle_server_is_decoded_and_run_in_one_hop(
+    server: ServerThread,
+) -> None:
+    batcher = server.server.core.model("efficientnet_lite0").batcher
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = inference_pb2_grpc.InferenceServerStub(channel)
+        before = batcher.stats.one_hop
+        reply = await stub.inference(inference_pb2.InferenceRequest(image=[CAT]), timeout=60)
+        assert list(reply.pred) == [EGYPTIAN_CAT]
+        assert batcher.stats.one_hop == before + 1
+        # Two images decode in parallel in the pool instead, then go through the queue.
+        reply = await stub.inference(
+            inference_pb2.InferenceRequest(image=[CAT, COFFEE]), timeout=60
+        )
+        assert list(reply.pred) == [EGYPTIAN_CAT, ESPRESSO]
+        assert batcher.stats.one_hop == before + 1
+
+
 async def test_an_expired_deadline_fails_only_that_request(server: ServerThread) -> None:
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = inference_pb2_grpc.InferenceServerStub(channel)
