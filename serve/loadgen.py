@@ -41,6 +41,13 @@ class LoadResult:
     def requests_per_second(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
+    def add(self, other: LoadResult) -> None:
+        """Folds in another run at the same concurrency, as if they were one."""
+        self.seconds += other.seconds
+        self.images += other.images
+        self.errors += other.errors
+        self.latencies += other.latencies
+
     def summary(self) -> dict[str, float]:
         return {
             "concurrency": self.concurrency,

@@ -82,3 +82,21 @@ def test_workers_share_one_port(lite0_export: ExportResult, tmp_path: Path) -> N
         for _ in range(3):  # new connections each time: the kernel spreads them over workers
             assert tutorial_predictions(server.address) == [EGYPTIAN_CAT, EGYPTIAN_CAT]
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+
+def test_benchmark_times_c1_in_slices_beside_the_in_process_run(
+    server: ServerThread, lite0_export: ExportResult
+) -> None:
+    from benchmarks.run import C1_SLICE_REQUESTS, c1_beside_in_process
+    from serve.ceiling import LoneImage
+
+    image = CAT_JPG.read_bytes()
+    lone = LoneImage("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
+    measured = c1_beside_in_process(server.address, lone, image, slices=2)
+    for result in (measured.blocking, measured.asyncio):
+        assert (result.requests, result.images, result.errors) == (2 * C1_SLICE_REQUESTS,) * 2 + (
+            0,
+        )
+        assert result.seconds > 0 and result.percentile_ms(50) > 0
+    assert len(measured.in_process) == 2 * C1_SLICE_REQUESTS
+    assert all(seconds > 0 for seconds in measured.in_process)
