@@ -22,7 +22,13 @@ from serve.backends import Backend, load_backend
 from serve.imaging import ImageLimits, load_image
 from serve.models import backend_defaults
 
-__all__ = ["Ceiling", "LoneImage", "measure_ceiling", "measure_single_image_latency"]
+__all__ = [
+    "Ceiling",
+    "CeilingRunner",
+    "LoneImage",
+    "measure_ceiling",
+    "measure_single_image_latency",
+]
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,57 @@ def _work(backend: Backend, data: bytes, manifest: Manifest, images: int) -> Non
     backend.run(np.stack(arrays))
 
 
+class CeilingRunner:
+    """One worker thread per model instance, each decoding its own images and running them on
+    its own instance. Loaded once, so it can be measured in slices between other work."""
+
+    def __init__(
+        self,
+        kind: str,
+        artifacts: Path,
+        manifest: Manifest,
+        data: bytes,
+        *,
+        images_per_request: int = 1,
+    ) -> None:
+        defaults = backend_defaults(kind, os.cpu_count() or 1)
+        self.instances, self.threads = defaults.instances, defaults.threads
+        self._backends = [
+            load_backend(kind, artifacts, manifest, self.threads) for _ in range(self.instances)
+        ]
+        self._manifest = manifest
+        self._data = data
+        self._images_per_request = images_per_request
+        for backend in self._backends:
+            for _ in range(3):
+                self._work(backend)
+
+    def _work(self, backend: Backend) -> None:
+        _work(backend, self._data, self._manifest, self._images_per_request)
+
+    def run(
+        self, seconds: float, on_image: Callable[[int], object] | None = None
+    ) -> tuple[int, float]:
+        """Runs every worker for ``seconds``: (images done, seconds taken)."""
+        counts = [0] * self.instances
+        stop_at = time.perf_counter() + seconds
+
+        def loop(index: int) -> None:
+            while time.perf_counter() < stop_at:
+                self._work(self._backends[index])
+                counts[index] += self._images_per_request
+                if on_image is not None:
+                    on_image(self._images_per_request)
+
+        started = time.perf_counter()
+        workers = [threading.Thread(target=loop, args=(i,)) for i in range(self.instances)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return sum(counts), time.perf_counter() - started
+
+
 def measure_ceiling(
     kind: str,
     artifacts: Path,
@@ -48,30 +105,10 @@ def measure_ceiling(
     images_per_request: int = 1,
     on_image: Callable[[int], object] | None = None,
 ) -> Ceiling:
-    """Images/s with one worker thread per model instance, each decoding its own images."""
-    defaults = backend_defaults(kind, os.cpu_count() or 1)
-    instances, threads = defaults.instances, defaults.threads
-    backends = [load_backend(kind, artifacts, manifest, threads) for _ in range(instances)]
-    for backend in backends:
-        for _ in range(3):
-            _work(backend, data, manifest, images_per_request)
-    counts = [0] * instances
-    stop_at = time.perf_counter() + seconds
-
-    def loop(index: int) -> None:
-        while time.perf_counter() < stop_at:
-            _work(backends[index], data, manifest, images_per_request)
-            counts[index] += images_per_request
-            if on_image is not None:
-                on_image(images_per_request)
-
-    started = time.perf_counter()
-    workers = [threading.Thread(target=loop, args=(i,)) for i in range(instances)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    return Ceiling(sum(counts) / (time.perf_counter() - started), instances, threads)
+    """Images/s of a ``CeilingRunner`` over ``seconds``."""
+    runner = CeilingRunner(kind, artifacts, manifest, data, images_per_request=images_per_request)
+    images, taken = runner.run(seconds, on_image)
+    return Ceiling(images / taken, runner.instances, runner.threads)
 
 
 class LoneImage:

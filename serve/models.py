@@ -96,6 +96,14 @@ class ServedModel:
 
     async def close(self) -> None:
         await self.batcher.close()
+        stats = self.batcher.stats
+        if stats.batches:
+            log.info(
+                "%s served %d image(s) in %d batch(es), %.1f images a batch; %d on the solo "
+                "instance (%d decoded there in one hop); %d dropped (expired or cancelled)",
+                self.info.name, stats.images, stats.batches, stats.images / stats.batches,
+                stats.solo, stats.one_hop, stats.dropped,
+            )  # fmt: skip
 
 
 def load_model(name: str, config: ServerConfig, decode_pool: Executor) -> ServedModel:

@@ -100,3 +100,20 @@ def test_benchmark_times_c1_in_slices_beside_the_in_process_run(
         assert result.seconds > 0 and result.percentile_ms(50) > 0
     assert len(measured.in_process) == 2 * C1_SLICE_REQUESTS
     assert all(seconds > 0 for seconds in measured.in_process)
+
+
+def test_benchmark_measures_throughput_in_slices_beside_the_ceiling(
+    server: ServerThread, lite0_export: ExportResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.run
+    from serve.ceiling import CeilingRunner
+
+    monkeypatch.setattr(benchmarks.run, "THROUGHPUT_SLICE_SECONDS", 0.5)
+    monkeypatch.setattr(benchmarks.run, "THROUGHPUT_SETTLE_SECONDS", 0.2)
+    image = CAT_JPG.read_bytes()
+    ceiling = CeilingRunner("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
+    measured = benchmarks.run.throughput_beside_ceiling(server.address, ceiling, image, 4, 2)
+    assert measured.server.errors == 0
+    assert measured.server.images == measured.server.requests > 0
+    assert 0.9 < measured.server.seconds < 3.0  # two timed slices of 0.5 s, settling not counted
+    assert measured.ceiling_images_per_s > 0
