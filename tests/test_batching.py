@@ -814,42 +814,50 @@ async def test_run_alone_declines_once_closed(make: MakeHarness) -> None:
         await h.batcher.submit(images([1.0]), None)
 
 
-async def test_while_run_alone_runs_a_submitted_batch_uses_a_per_core_instance(
+async def solo_taken_by_run_alone(
     make: MakeHarness,
-) -> None:
+) -> tuple[Harness, FakeModel, asyncio.Task[np.ndarray | None]]:
+    """Two blocked per-core instances and a solo one, on which run_alone is running marker 1."""
     h = make(instances=2, solo=True, blocked=True)
     assert h.solo is not None
     alone = asyncio.create_task(h.batcher.run_alone(prepared(1.0), None))
     await h.batches(1, h.solo)
-    second = h.submit([2.0])
-    await until(lambda: sum(len(m.batches) for m in h.models) == 1, "the second batch to start")
-    assert h.solo.batches == [[1.0]]
-    for model in [h.solo, *h.models]:
+    return h, h.solo, alone
+
+
+async def next_batch_goes_to_a_per_core_instance(
+    h: Harness, solo: FakeModel, marker: float
+) -> None:
+    """Submits ``marker``, checks a per-core instance took it while the solo one is busy, and
+    releases every instance."""
+    task = h.submit([marker])
+    await until(lambda: sum(len(m.batches) for m in h.models) == 1, "the next batch to start")
+    assert solo.batches == [[1.0]]
+    for model in [solo, *h.models]:
         model.release()
+    assert [row[0] for row in await result(task)] == [marker]
+
+
+async def test_while_run_alone_runs_a_submitted_batch_uses_a_per_core_instance(
+    make: MakeHarness,
+) -> None:
+    h, solo, alone = await solo_taken_by_run_alone(make)
+    await next_batch_goes_to_a_per_core_instance(h, solo, 2.0)
     lone = await asyncio.wait_for(alone, HANG_GUARD)
     assert lone is not None
     assert [row[0] for row in lone] == [1.0]
-    assert [row[0] for row in await result(second)] == [2.0]
 
 
 async def test_run_alone_holds_the_solo_instance_until_its_thread_is_done(
     make: MakeHarness,
 ) -> None:
     """A caller that gives up does not free the solo instance while its batch still runs there."""
-    h = make(instances=2, solo=True, blocked=True)
-    assert h.solo is not None
-    alone = asyncio.create_task(h.batcher.run_alone(prepared(1.0), None))
-    await h.batches(1, h.solo)
+    h, solo, alone = await solo_taken_by_run_alone(make)
     alone.cancel()
     await asyncio.gather(alone, return_exceptions=True)
     assert await h.batcher.run_alone(prepared(2.0), None) is None  # still busy
-    next_one = h.submit([3.0])
-    await until(lambda: sum(len(m.batches) for m in h.models) == 1, "the next batch to start")
-    assert h.solo.batches == [[1.0]]
-    for model in [h.solo, *h.models]:
-        model.release()
-    assert [row[0] for row in await result(next_one)] == [3.0]
-    await until(lambda: h.solo is not None and h.solo.inside == 0, "the solo batch to end")
+    await next_batch_goes_to_a_per_core_instance(h, solo, 3.0)
+    await until(lambda: solo.inside == 0, "the solo batch to end")
     await settle()
     assert await h.batcher.run_alone(prepared(4.0), None) is not None  # free again
 
