@@ -9,7 +9,7 @@ PORT ?= 50052
 SERVER ?= localhost:$(PORT)
 IMAGES ?= export/sample_images/cat.jpg export/sample_images/coffee.jpg
 
-.PHONY: help venv export serve client compare bench benchmark test lint protos clean
+.PHONY: help venv export serve client compare bench benchmark ab test lint protos clean
 
 help:
 	@echo "make serve [MODEL=efficientnet_lite0|resnet34] [BACKEND=auto|onnxruntime|torchscript|eager] [PORT=50052]"
@@ -18,6 +18,7 @@ help:
 	@echo "make compare [MODEL=...]    backend latency and throughput, table + JSON + chart"
 	@echo "make bench [ARGS=...]       load generator against a server it starts (serve.bench --help)"
 	@echo "make benchmark               every performance target side by side: benchmarks/RESULTS.md"
+	@echo "make ab BASE=rev [ARGS=...]  this checkout's server against revision rev's, in alternating rounds"
 	@echo "make test                    lint, type-check and the whole test suite"
 	@echo "make protos                  regenerate serve/pb/ from protos/"
 
@@ -67,3 +68,7 @@ bench: venv artifacts/$(MODEL)/manifest.json
 # Every performance target, measured side by side in one run: writes benchmarks/RESULTS.md.
 benchmark: venv
 	$(PY) -m benchmarks.run
+
+# An optimisation's effect, against the drift of a noisy machine: both servers, alternating rounds.
+ab: venv artifacts/$(MODEL)/manifest.json
+	$(PY) -m benchmarks.ab --base $(BASE) --model $(MODEL) $(ARGS)

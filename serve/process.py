@@ -23,10 +23,17 @@ class ServerProcess:
     """
 
     def __init__(
-        self, arguments: Sequence[str], *, module: str = "serve", timeout: float = 300.0
+        self,
+        arguments: Sequence[str],
+        *,
+        module: str = "serve",
+        timeout: float = 300.0,
+        cwd: Path | None = None,
     ) -> None:
+        """``cwd``: the checkout whose code to run (default: this one)."""
         self._arguments = list(arguments)
         self._module = module
+        self._cwd = cwd
         self._timeout = timeout
         self._folder = tempfile.TemporaryDirectory(prefix="torchgrpc-")
         self._ready = Path(self._folder.name) / "ready.json"
@@ -50,7 +57,9 @@ class ServerProcess:
         command = [sys.executable, "-m", self._module, "--port", "0", "--ready-file",
                    str(self._ready), *self._arguments]  # fmt: skip
         with self._log.open("wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self._cwd
+            )
         while not self._ready.exists():
             if self._process.poll() is not None:
                 raise RuntimeError(f"server exited at start-up:\n{self._log.read_text()}")

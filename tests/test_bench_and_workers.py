@@ -117,3 +117,25 @@ def test_benchmark_measures_throughput_in_slices_beside_the_ceiling(
     assert measured.server.images == measured.server.requests > 0
     assert 0.9 < measured.server.seconds < 3.0  # two timed slices of 0.5 s, settling not counted
     assert measured.ceiling_images_per_s > 0
+
+
+def test_ab_drives_another_revisions_server_beside_this_one(
+    lite0_export: ExportResult, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import ab
+
+    worktrees_before = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    ab.main(["--base", "HEAD", "--artifacts", str(TEST_ARTIFACTS), "--rounds", "1",
+             "--seconds", "0.5", "--concurrency", "2"])  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    rounds = [line for line in lines if line.startswith("round 1")]
+    assert len(rounds) == 2 and all(line.endswith("errors 0") for line in rounds), lines
+    assert any("HEAD" in line for line in rounds) and any(
+        "this checkout" in line for line in rounds
+    )
+    worktrees_after = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert worktrees_after == worktrees_before  # the temporary checkout is gone
