@@ -27,15 +27,16 @@ import grpc
 import onnxruntime
 import torch
 
+import serve.bench
 from benchmarks.draft import measure_draft
 from export.catalog import SAMPLE_IMAGES
 from export.pipeline import export_model
 from export.zoo import WeightsUnavailable
 from serve.backends import ArtifactError, load_manifest
-from serve.bench import run_load, sender
+from serve.bench import run_load
 from serve.ceiling import CeilingRunner, LoneImage
 from serve.config import DEFAULT_ARTIFACTS
-from serve.loadgen import LoadResult, closed_loop
+from serve.loadgen import LoadResult, SendOne, closed_loop
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.process import ServerProcess
 
@@ -74,23 +75,15 @@ def load(address: str, concurrency: int, seconds: float) -> LoadResult:
     )  # fmt: skip
 
 
-# Throughput against the ceiling, too, is measured in alternating slices of one run.
+# Throughput against the ceiling, too, is measured in alternating slices of one run; each server
+# slice starts with the load generator's warm-up, each ceiling slice with one as long.
 THROUGHPUT_SLICE_SECONDS = 3.0
-# Untimed, after each switch: lets the server's queue fill again, and the other side's work end.
-THROUGHPUT_SETTLE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
 class Throughput:
     server: LoadResult
     ceiling_images_per_s: float
-
-
-async def _server_slice(address: str, image: bytes, concurrency: int) -> LoadResult:
-    async with grpc.aio.insecure_channel(address) as channel:
-        send = sender("tutorial", channel, [image])
-        await closed_loop(send, concurrency, duration=THROUGHPUT_SETTLE_SECONDS)
-        return await closed_loop(send, concurrency, duration=THROUGHPUT_SLICE_SECONDS)
 
 
 def throughput_beside_ceiling(
@@ -102,8 +95,11 @@ def throughput_beside_ceiling(
     server = LoadResult(concurrency=concurrency)
     images, taken = 0, 0.0
     for _ in range(slices):
-        server.add(asyncio.run(_server_slice(address, image, concurrency)))
-        ceiling.run(THROUGHPUT_SETTLE_SECONDS)
+        server.add(asyncio.run(
+            run_load(address, "tutorial", [image], concurrency,
+                     duration=THROUGHPUT_SLICE_SECONDS, progress=False)
+        ))  # fmt: skip
+        ceiling.run(serve.bench.WARM_UP_SECONDS)
         done, seconds = ceiling.run(THROUGHPUT_SLICE_SECONDS)
         images, taken = images + done, taken + seconds
     return Throughput(server, images / taken)
@@ -112,9 +108,10 @@ def throughput_beside_ceiling(
 # c1 is timed in slices alternating with the in-process single-image run, so both see the same
 # machine: this one drifts by more than the 1.5 ms the target allows within a minute.
 C1_SLICE_REQUESTS = 40
-# Requests (or runs) after each switch that are not timed: the other side's threads are still
-# winding down.
+# Untimed requests (or runs) after each switch: the other side's threads are still winding down.
 C1_SETTLE = 5
+# The asyncio client's slices warm up for about as long.
+C1_SETTLE_SECONDS = 0.06
 
 
 @dataclass
@@ -126,31 +123,21 @@ class C1Latency:
     in_process: list[float] = field(default_factory=list)
 
 
-def _blocking_slice(
-    stub: inference_pb2_grpc.InferenceServerStub,
-    request: inference_pb2.InferenceRequest,
-    requests: int,
-) -> LoadResult:
-    result = LoadResult(concurrency=1)
-    started = time.perf_counter()
-    for _ in range(requests):
-        sent = time.perf_counter()
-        try:
-            reply = stub.inference(request, timeout=60)
-        except grpc.RpcError:
-            result.errors += 1
-            continue
-        result.latencies.append(time.perf_counter() - sent)
-        result.images += len(reply.pred)
-    result.seconds = time.perf_counter() - started
-    return result
+def _blocking_sender(channel: grpc.Channel, image: bytes) -> SendOne:
+    stub = inference_pb2_grpc.InferenceServerStub(channel)
+    request = inference_pb2.InferenceRequest(image=[image])
+
+    async def send() -> int:
+        # Blocks the event loop, on purpose: at concurrency 1 nothing else runs on it, and no
+        # asyncio stands between this client and gRPC, as in the tutorial's.
+        return len(stub.inference(request, timeout=60).pred)
+
+    return send
 
 
-async def _asyncio_slice(address: str, image: bytes, requests: int) -> LoadResult:
-    async with grpc.aio.insecure_channel(address) as channel:
-        send = sender("tutorial", channel, [image])
-        await closed_loop(send, 1, requests=C1_SETTLE)
-        return await closed_loop(send, 1, requests=requests)
+async def _settled(send: SendOne, requests: int) -> LoadResult:
+    await closed_loop(send, 1, requests=C1_SETTLE)
+    return await closed_loop(send, 1, requests=requests)
 
 
 def c1_beside_in_process(address: str, lone: LoneImage, image: bytes, slices: int) -> C1Latency:
@@ -158,14 +145,15 @@ def c1_beside_in_process(address: str, lone: LoneImage, image: bytes, slices: in
     latency, in alternating slices of one run."""
     print(f"  {address}: concurrency 1, {slices} slices beside the in-process run", flush=True)
     measured = C1Latency()
-    request = inference_pb2.InferenceRequest(image=[image])
     with grpc.insecure_channel(address) as channel:
-        stub = inference_pb2_grpc.InferenceServerStub(channel)
-        _blocking_slice(stub, request, 50)
+        blocking = _blocking_sender(channel, image)
+        asyncio.run(_settled(blocking, 50))
         for _ in range(slices):
-            _blocking_slice(stub, request, C1_SETTLE)
-            measured.blocking.add(_blocking_slice(stub, request, C1_SLICE_REQUESTS))
-            measured.asyncio.add(asyncio.run(_asyncio_slice(address, image, C1_SLICE_REQUESTS)))
+            measured.blocking.add(asyncio.run(_settled(blocking, C1_SLICE_REQUESTS)))
+            measured.asyncio.add(asyncio.run(
+                run_load(address, "tutorial", [image], 1, requests=C1_SLICE_REQUESTS,
+                         progress=False, warm_up=C1_SETTLE_SECONDS)
+            ))  # fmt: skip
             lone.time(C1_SETTLE)
             measured.in_process += lone.time(C1_SLICE_REQUESTS)
     return measured

@@ -89,15 +89,18 @@ async def run_load(
     duration: float | None = None,
     model: str = "",
     progress: bool = True,
+    warm_up: float | None = None,
 ) -> LoadResult:
-    """One closed-loop run against ``address``, after a warm-up at the same concurrency."""
+    """One closed-loop run against ``address``, after a warm-up at the same concurrency of
+    ``warm_up`` seconds (default ``WARM_UP_SECONDS``)."""
     async with grpc.aio.insecure_channel(address) as channel:
         send = sender(api, channel, images, model)
         # Warm up at the measured concurrency: the first batches of each size allocate the
         # model's memory arenas, and that one-off cost is not the server's steady state.
-        await closed_loop(send, concurrency, duration=WARM_UP_SECONDS)
-        total = requests if requests is not None else None
-        with tqdm(total=total, desc=f"c{concurrency}", unit="req", disable=not progress,
+        await closed_loop(
+            send, concurrency, duration=WARM_UP_SECONDS if warm_up is None else warm_up
+        )
+        with tqdm(total=requests, desc=f"c{concurrency}", unit="req", disable=not progress,
                   file=sys.stderr, leave=False) as bar:  # fmt: skip
             return await closed_loop(
                 send, concurrency, requests=requests, duration=duration,

@@ -76,7 +76,6 @@ class ServedModel:
     async def logits(self, images: Sequence[bytes], deadline: float | None) -> np.ndarray:
         """(N, classes) logits: decodes the images in the pool, then batches them through the
         model; a lone image on an idle server is decoded and run in one hop instead."""
-        loop = asyncio.get_running_loop()
         pre = self.manifest.preprocessing
         if len(images) == 1:
             # Several images decode faster in parallel in the pool than on one thread.
@@ -86,6 +85,7 @@ class ServedModel:
             logits = await self.batcher.run_alone(prepare, deadline)
             if logits is not None:
                 return logits
+        loop = asyncio.get_running_loop()
         arrays = await asyncio.gather(
             *(
                 loop.run_in_executor(self._decode_pool, load_image, data, i, self._limits, pre)

@@ -106,10 +106,11 @@ def test_benchmark_measures_throughput_in_slices_beside_the_ceiling(
     server: ServerThread, lite0_export: ExportResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import benchmarks.run
+    import serve.bench
     from serve.ceiling import CeilingRunner
 
     monkeypatch.setattr(benchmarks.run, "THROUGHPUT_SLICE_SECONDS", 0.5)
-    monkeypatch.setattr(benchmarks.run, "THROUGHPUT_SETTLE_SECONDS", 0.2)
+    monkeypatch.setattr(serve.bench, "WARM_UP_SECONDS", 0.2)
     image = CAT_JPG.read_bytes()
     ceiling = CeilingRunner("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
     measured = benchmarks.run.throughput_beside_ceiling(server.address, ceiling, image, 4, 2)
