@@ -5,6 +5,8 @@ Measures, side by side on this machine, and writes benchmarks/RESULTS.md:
 - torchgrpc over gRPC (one 451x300 JPEG per request, the tutorial API): concurrency 1 (p50),
   32 (images/s), 256 (no failures), and its memory before and after 20,000 requests;
 - the tutorial-design server (benchmarks/tutorial_server.py) at concurrency 32;
+- a bare grpc.aio server (benchmarks/bare_aio_server.py) at concurrency 1: the latency floor that
+  gRPC and a hand-off to a thread set under any grpc.aio server's, torchgrpc's included;
 - ResNet34 over gRPC at concurrency 16.
 
 Each figure a target compares with an in-process one (c1 latency, c32 and ResNet34 c16
@@ -121,6 +123,8 @@ class C1Latency:
     blocking: LoadResult = field(default_factory=lambda: LoadResult(concurrency=1))
     # The load generator's asyncio client, whose own overhead is part of what it measures.
     asyncio: LoadResult = field(default_factory=lambda: LoadResult(concurrency=1))
+    # benchmarks/bare_aio_server.py through the blocking client: the floor under the target.
+    bare: LoadResult = field(default_factory=lambda: LoadResult(concurrency=1))
     in_process: list[float] = field(default_factory=list)
 
 
@@ -141,20 +145,24 @@ async def _settled(send: SendOne, requests: int) -> LoadResult:
     return await closed_loop(send, 1, requests=requests)
 
 
-def c1_beside_in_process(address: str, lone: LoneImage, image: bytes, slices: int) -> C1Latency:
-    """Latency at concurrency 1 through both kinds of client, and the in-process single-image
-    latency, in alternating slices of one run."""
+def c1_beside_in_process(
+    address: str, bare_address: str, lone: LoneImage, image: bytes, slices: int
+) -> C1Latency:
+    """Latency at concurrency 1 through both kinds of client, the bare grpc.aio server's at
+    ``bare_address``, and the in-process single-image latency, in alternating slices of one run."""
     print(f"  {address}: concurrency 1, {slices} slices beside the in-process run", flush=True)
     measured = C1Latency()
-    with grpc.insecure_channel(address) as channel:
-        blocking = _blocking_sender(channel, image)
+    with grpc.insecure_channel(address) as channel, grpc.insecure_channel(bare_address) as bare:
+        blocking, bare_blocking = _blocking_sender(channel, image), _blocking_sender(bare, image)
         asyncio.run(_settled(blocking, 50))
+        asyncio.run(_settled(bare_blocking, 50))
         for _ in range(slices):
             measured.blocking.add(asyncio.run(_settled(blocking, C1_SLICE_REQUESTS)))
             measured.asyncio.add(asyncio.run(
                 run_load(address, "tutorial", [image], 1, requests=C1_SLICE_REQUESTS,
                          progress=False, warm_up=C1_SETTLE_SECONDS)
             ))  # fmt: skip
+            measured.bare.add(asyncio.run(_settled(bare_blocking, C1_SLICE_REQUESTS)))
             lone.time(C1_SETTLE)
             measured.in_process += lone.time(C1_SLICE_REQUESTS)
     return measured
@@ -174,7 +182,10 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         floor = asyncio.run(
             run_load(server.address, "list-models", [], 1, duration=5, progress=False)
         )
-        c1_latency = c1_beside_in_process(server.address, lone, image, max(1, round(seconds)))
+        with ServerProcess(common, module="benchmarks.bare_aio_server") as bare:
+            c1_latency = c1_beside_in_process(
+                server.address, bare.address, lone, image, max(1, round(seconds))
+            )
         c1 = c1_latency.blocking
         single = statistics.median(c1_latency.in_process)
         notes.append(
@@ -214,8 +225,16 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         f"gRPC floor: an empty RPC (ListModels) at c1 takes {floor.percentile_ms(50):.2f} ms p50 "
         "round trip: most of the 1.5 ms the c1 target allows over the in-process latency"
     )
+    bare_gap = c1_latency.bare.percentile_ms(50) - single * 1000
+    notes.append(
+        f"grpc.aio floor: a bare grpc.aio server (benchmarks/bare_aio_server.py) that hands the "
+        f"same in-process work to one thread and does nothing else: c1 p50 "
+        f"{c1_latency.bare.percentile_ms(50):.2f} ms, {bare_gap:+.2f} ms over in-process, "
+        "in the same slices"
+    )
     for name, result in (("c1, blocking client", c1),
                          ("c1, asyncio client (same slices)", c1_latency.asyncio),
+                         ("c1, bare grpc.aio server (same slices)", c1_latency.bare),
                          ("c32", c32), ("c256", c256), ("soak c32", soak),
                          ("tutorial c32", baseline), ("ResNet34 c16", resnet_c16)):  # fmt: skip
         notes.append(f"{name}: {result.summary()}")
@@ -229,7 +248,8 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         Check("Lite0 p50 at c1 (blocking client) within 1.5 ms of in-process single-image "
               "latency",
               f"{c1.percentile_ms(50):.2f} ms vs {single * 1000:.2f} ms "
-              f"(+{c1.percentile_ms(50) - single * 1000:.2f} ms)",
+              f"({c1.percentile_ms(50) - single * 1000:+.2f} ms; bare grpc.aio server "
+              f"{bare_gap:+.2f} ms)",
               c1.percentile_ms(50) - single * 1000 <= 1.5),
         Check("no failed request at c256", f"{c256.errors} errors in {c256.requests} requests",
               c256.errors == 0 and c256.requests > 0),

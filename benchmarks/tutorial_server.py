@@ -11,10 +11,7 @@ pre-processing that torchgrpc serves, so the two are compared on equal work.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +21,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from export.catalog import DEFAULT_MODEL
+from benchmarks import reference_server
 from export.manifest import WEIGHTS_NAME
 from export.zoo import get_spec
 from serve.backends import load_manifest
-from serve.config import DEFAULT_ARTIFACTS
 from serve.pb import inference_pb2, inference_pb2_grpc
 
 
@@ -61,26 +57,8 @@ class InferenceService(inference_pb2_grpc.InferenceServerServicer):  # type: ign
         return inference_pb2.InferenceReply(pred=self.predict(self.preprocess(images)))
 
 
-async def serve(model: str, artifacts: Path, port: int, ready_file: Path | None) -> None:
-    server = grpc.aio.server()
-    inference_pb2_grpc.add_InferenceServerServicer_to_server(
-        InferenceService(model, artifacts), server
-    )
-    bound = server.add_insecure_port(f"[::]:{port}")
-    await server.start()
-    if ready_file is not None:
-        ready_file.write_text(json.dumps({"port": bound}))  # noqa: ASYNC240 (once, at start-up)
-    await server.wait_for_termination()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
-    parser.add_argument("--port", type=int, default=50052)
-    parser.add_argument("--ready-file", type=Path)
-    args = parser.parse_args()
-    asyncio.run(serve(args.model, args.artifacts, args.port, args.ready_file))
+    reference_server.main(__doc__.splitlines()[0], InferenceService, default_port=50052)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ __all__ = [
     "LoneImage",
     "measure_ceiling",
     "measure_single_image_latency",
+    "run_images",
 ]
 
 
@@ -38,10 +39,11 @@ class Ceiling:
     threads_per_instance: int
 
 
-def _work(backend: Backend, data: bytes, manifest: Manifest, images: int) -> None:
+def run_images(backend: Backend, data: bytes, manifest: Manifest, images: int) -> np.ndarray:
+    """``images`` copies of one image decoded, pre-processed and run as one batch: the logits."""
     limits = ImageLimits()
     arrays = [load_image(data, i, limits, manifest.preprocessing) for i in range(images)]
-    backend.run(np.stack(arrays))
+    return backend.run(np.stack(arrays))
 
 
 class CeilingRunner:
@@ -70,7 +72,7 @@ class CeilingRunner:
                 self._work(backend)
 
     def _work(self, backend: Backend) -> None:
-        _work(backend, self._data, self._manifest, self._images_per_request)
+        run_images(backend, self._data, self._manifest, self._images_per_request)
 
     def run(
         self, seconds: float, on_image: Callable[[int], object] | None = None
@@ -126,7 +128,7 @@ class LoneImage:
         samples = []
         for _ in range(iterations):
             started = time.perf_counter()
-            _work(self._backend, self._data, self._manifest, 1)
+            run_images(self._backend, self._data, self._manifest, 1)
             samples.append(time.perf_counter() - started)
         return samples
 

@@ -62,10 +62,11 @@ def test_bench_in_process_measures_the_ceiling(lite0_export: ExportResult) -> No
     assert summary["images_per_s"] > 0 and summary["single_image_latency_ms"] > 0
 
 
-def test_tutorial_design_baseline_serves_the_same_answers(lite0_export: ExportResult) -> None:
+@pytest.mark.parametrize("module", ["benchmarks.tutorial_server", "benchmarks.bare_aio_server"])
+def test_reference_servers_serve_the_same_answers(lite0_export: ExportResult, module: str) -> None:
     arguments = ["--artifacts", str(TEST_ARTIFACTS)]
-    with ServerProcess(arguments, module="benchmarks.tutorial_server") as baseline:
-        assert tutorial_predictions(baseline.address) == [EGYPTIAN_CAT, EGYPTIAN_CAT]
+    with ServerProcess(arguments, module=module) as reference:
+        assert tutorial_predictions(reference.address) == [EGYPTIAN_CAT, EGYPTIAN_CAT]
 
 
 def test_workers_share_one_port(lite0_export: ExportResult, tmp_path: Path) -> None:
@@ -92,8 +93,10 @@ def test_benchmark_times_c1_in_slices_beside_the_in_process_run(
 
     image = CAT_JPG.read_bytes()
     lone = LoneImage("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
-    measured = c1_beside_in_process(server.address, lone, image, slices=2)
-    for result in (measured.blocking, measured.asyncio):
+    arguments = ["--artifacts", str(TEST_ARTIFACTS)]
+    with ServerProcess(arguments, module="benchmarks.bare_aio_server") as bare:
+        measured = c1_beside_in_process(server.address, bare.address, lone, image, slices=2)
+    for result in (measured.blocking, measured.asyncio, measured.bare):
         assert (result.requests, result.images, result.errors) == (2 * C1_SLICE_REQUESTS,) * 2 + (
             0,
         )
