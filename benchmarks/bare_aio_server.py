@@ -1,19 +1,23 @@
-"""The least a grpc.aio server can do for a request without blocking its event loop: the c1 floor.
+"""The least a grpc.aio server can do for a request without blocking its event loop: a floor.
 
-Its `inference` handler hands each image to one thread, which decodes, pre-processes and
-classifies it exactly as the in-process single-image run does (`serve.ceiling.LoneImage`: ONNX
-Runtime with every core on the model), and answers. No batching, no limits, no validation, no
-health: what its latency adds to the in-process one is gRPC's round trip and the two hand-offs
-between the event loop and a thread, the part of torchgrpc's c1 latency that no handler can
-remove. `make benchmark` times it in the same slices as torchgrpc's c1.
+Its `inference` handler hands each image to a thread, which decodes, pre-processes and classifies
+it exactly as the in-process runs do, and answers. No batching, no limits, no validation, no
+health: what it costs over the in-process work is gRPC's and the hand-offs between the event loop
+and a thread, which no handler can remove. `make benchmark` measures it in the same slices as
+torchgrpc, with the in-process runs' threading:
+- `--instances 1` (the default): one thread with every core on its model, as the in-process
+  single-image run (`serve.ceiling.LoneImage`), for latency at concurrency 1;
+- `--instances N`: N threads, each with its own model on cores/N intra-op threads, as the
+  in-process ceiling (`serve.ceiling.CeilingRunner`), for throughput.
 
-    python -m benchmarks.bare_aio_server --model efficientnet_lite0 --port 50053
+    python -m benchmarks.bare_aio_server --model efficientnet_lite0 --port 50053 [--instances 2]
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,13 +31,22 @@ from serve.pb import inference_pb2, inference_pb2_grpc
 
 
 class BareInferenceService(inference_pb2_grpc.InferenceServerServicer):  # type: ignore[misc]
-    def __init__(self, model_name: str, artifacts: Path) -> None:
-        self._manifest = load_manifest(artifacts, model_name)
-        self._backend = load_backend("onnxruntime", artifacts, self._manifest, os.cpu_count() or 1)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+    def __init__(self, model_name: str, artifacts: Path, instances: int) -> None:
+        manifest = load_manifest(artifacts, model_name)
+        threads = max(1, (os.cpu_count() or 1) // instances)
+        self._manifest = manifest
+        # Each thread of the pool loads its own model as it starts, as each in-process one does.
+        self._local = threading.local()
+        self._thread = ThreadPoolExecutor(
+            instances,
+            thread_name_prefix="model",
+            initializer=lambda: setattr(
+                self._local, "backend", load_backend("onnxruntime", artifacts, manifest, threads)
+            ),
+        )
 
     def _classify(self, data: bytes) -> int:
-        return int(run_images(self._backend, data, self._manifest, 1)[0].argmax())
+        return int(run_images(self._local.backend, data, self._manifest, 1)[0].argmax())
 
     async def inference(
         self, request: inference_pb2.InferenceRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -45,7 +58,10 @@ class BareInferenceService(inference_pb2_grpc.InferenceServerServicer):  # type:
 
 
 def main() -> None:
-    reference_server.main(__doc__.splitlines()[0], BareInferenceService, default_port=50053)
+    parser = reference_server.parser(__doc__.splitlines()[0], default_port=50053)
+    parser.add_argument("--instances", type=int, default=1, help="threads, each with a model")
+    args = parser.parse_args()
+    reference_server.run(args, BareInferenceService(args.model, args.artifacts, args.instances))
 
 
 if __name__ == "__main__":

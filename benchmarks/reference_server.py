@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -14,8 +13,6 @@ import grpc
 from export.catalog import DEFAULT_MODEL
 from serve.config import DEFAULT_ARTIFACTS
 from serve.pb import inference_pb2_grpc
-
-MakeServicer = Callable[[str, Path], inference_pb2_grpc.InferenceServerServicer]
 
 
 async def serve(
@@ -30,13 +27,16 @@ async def serve(
     await server.wait_for_termination()
 
 
-def main(description: str, make_servicer: MakeServicer, default_port: int) -> None:
-    """``--model``, ``--artifacts``, ``--port`` and ``--ready-file``, then serve until killed."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
-    parser.add_argument("--port", type=int, default=default_port)
-    parser.add_argument("--ready-file", type=Path)
-    args = parser.parse_args()
-    servicer = make_servicer(args.model, args.artifacts)
+def parser(description: str, default_port: int) -> argparse.ArgumentParser:
+    """``--model``, ``--artifacts``, ``--port`` and ``--ready-file``."""
+    arguments = argparse.ArgumentParser(description=description)
+    arguments.add_argument("--model", default=DEFAULT_MODEL)
+    arguments.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    arguments.add_argument("--port", type=int, default=default_port)
+    arguments.add_argument("--ready-file", type=Path)
+    return arguments
+
+
+def run(args: argparse.Namespace, servicer: inference_pb2_grpc.InferenceServerServicer) -> None:
+    """Serves ``servicer`` on ``args.port`` until killed."""
     asyncio.run(serve(servicer, args.port, args.ready_file))

@@ -58,7 +58,8 @@ class InferenceService(inference_pb2_grpc.InferenceServerServicer):  # type: ign
 
 
 def main() -> None:
-    reference_server.main(__doc__.splitlines()[0], InferenceService, default_port=50052)
+    args = reference_server.parser(__doc__.splitlines()[0], default_port=50052).parse_args()
+    reference_server.run(args, InferenceService(args.model, args.artifacts))
 
 
 if __name__ == "__main__":

@@ -116,10 +116,15 @@ def test_benchmark_measures_throughput_in_slices_beside_the_ceiling(
     monkeypatch.setattr(serve.bench, "WARM_UP_SECONDS", 0.2)
     image = CAT_JPG.read_bytes()
     ceiling = CeilingRunner("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
-    measured = benchmarks.run.throughput_beside_ceiling(server.address, ceiling, image, 4, 2)
-    assert measured.server.errors == 0
-    assert measured.server.images == measured.server.requests > 0
-    assert 0.9 < measured.server.seconds < 3.0  # two timed slices of 0.5 s, settling not counted
+    arguments = ["--artifacts", str(TEST_ARTIFACTS), "--instances", str(ceiling.instances)]
+    with ServerProcess(arguments, module="benchmarks.bare_aio_server") as bare:
+        measured = benchmarks.run.throughput_beside_ceiling(
+            server.address, ceiling, image, 4, 2, bare_address=bare.address
+        )
+    for result in (measured.server, measured.bare):
+        assert result.errors == 0
+        assert result.images == result.requests > 0
+        assert 0.9 < result.seconds < 3.0  # two timed slices of 0.5 s, settling not counted
     assert measured.ceiling_images_per_s > 0
 
 
