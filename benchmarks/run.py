@@ -5,8 +5,9 @@ Measures, side by side on this machine, and writes benchmarks/RESULTS.md:
 - torchgrpc over gRPC (one 451x300 JPEG per request, the tutorial API): concurrency 1 (p50),
   32 (images/s), 256 (no failures), and its memory before and after 20,000 requests;
 - the tutorial-design server (benchmarks/tutorial_server.py) at concurrency 32;
-- a bare grpc.aio server (benchmarks/bare_aio_server.py) at concurrency 1: the latency floor that
-  gRPC and a hand-off to a thread set under any grpc.aio server's, torchgrpc's included;
+- a bare grpc.aio server (benchmarks/bare_aio_server.py) at concurrency 1 and 32, with the
+  in-process runs' threading: the floor that gRPC and the hand-offs to a thread set under any
+  grpc.aio server, torchgrpc included;
 - ResNet34 over gRPC at concurrency 16.
 
 Each figure a target compares with an in-process one (c1 latency, c32 and ResNet34 c16
@@ -243,18 +244,18 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         f"gRPC floor: an empty RPC (ListModels) at c1 takes {floor.percentile_ms(50):.2f} ms p50 "
         "round trip: most of the 1.5 ms the c1 target allows over the in-process latency"
     )
+    bare_gap = c1_latency.bare.percentile_ms(50) - single * 1000
+    notes.append(
+        f"grpc.aio floor at c1: a bare grpc.aio server (benchmarks/bare_aio_server.py) that "
+        f"hands the same in-process work to one thread and does nothing else: c1 p50 "
+        f"{c1_latency.bare.percentile_ms(50):.2f} ms, {bare_gap:+.2f} ms over in-process, "
+        "in the same slices"
+    )
     bare_ratio = lite0_c32.bare.images_per_second / lite0_c32.ceiling_images_per_s
     notes.append(
         f"grpc.aio floor at c32: the bare grpc.aio server with the ceiling's threading "
         f"({ceiling.instances} threads, each with its own session) reaches "
         f"{lite0_c32.bare.images_per_second:.1f} img/s = {bare_ratio:.2f} x the ceiling, "
-        "in the same slices"
-    )
-    bare_gap = c1_latency.bare.percentile_ms(50) - single * 1000
-    notes.append(
-        f"grpc.aio floor: a bare grpc.aio server (benchmarks/bare_aio_server.py) that hands the "
-        f"same in-process work to one thread and does nothing else: c1 p50 "
-        f"{c1_latency.bare.percentile_ms(50):.2f} ms, {bare_gap:+.2f} ms over in-process, "
         "in the same slices"
     )
     for name, result in (("c1, blocking client", c1),

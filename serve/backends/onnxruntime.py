@@ -23,10 +23,10 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # A session with several intra-op threads hands work between them at every operator:
         # letting them spin instead of sleeping made a lone Lite0 image 1.5-2 ms faster here
-        # (12.5 -> 10.4 ms in-process). They keep spinning for about 40 ms after a run, which
-        # also keeps the request that follows from waking them on a sleeping core: a lone image
-        # went 11.3 -> 9.8 ms in-process and 12.9 -> 11.6 ms over gRPC, while c4 and c32
-        # throughput were unchanged side by side (`session.force_spinning_stop` on vs off).
+        # (12.5 -> 10.4 ms in-process). They keep spinning for about 40 ms after a run, so the
+        # request that follows does not wake them on a sleeping core: with
+        # `session.force_spinning_stop` off instead of on, c1 over gRPC went 11.7 -> 11.2 ms and
+        # 12.9 -> 11.6 ms in two side-by-side runs, while c4 and c32 throughput were unchanged.
         # Single-threaded sessions, the server's default under load, have no threads to spin.
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if threads > 1 else "0"
