@@ -9,7 +9,6 @@ each round and the medians.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import subprocess
 import tempfile
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
-from serve.bench import run_load
+from serve.bench import measure
 from serve.config import DEFAULT_ARTIFACTS
 from serve.process import ServerProcess
 
@@ -62,10 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         servers = {args.base: base, "this checkout": this}
         for round_number in range(1, args.rounds + 1):
             for name, server in servers.items():
-                result = asyncio.run(
-                    run_load(server.address, "tutorial", [image], args.concurrency,
-                             duration=args.seconds, progress=False)
-                )  # fmt: skip
+                result = measure(server.address, "tutorial", [image], args.concurrency,
+                                 duration=args.seconds)  # fmt: skip
                 figures = (result.images_per_second, result.percentile_ms(50))
                 results[name].append(figures)
                 print(f"round {round_number}  {name:>14}: {figures[0]:7.1f} img/s  "

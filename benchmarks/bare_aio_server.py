@@ -32,17 +32,18 @@ from serve.pb import inference_pb2, inference_pb2_grpc
 
 class BareInferenceService(inference_pb2_grpc.InferenceServerServicer):  # type: ignore[misc]
     def __init__(self, model_name: str, artifacts: Path, instances: int) -> None:
-        manifest = load_manifest(artifacts, model_name)
-        threads = max(1, (os.cpu_count() or 1) // instances)
-        self._manifest = manifest
-        # Each thread of the pool loads its own model as it starts, as each in-process one does.
+        self._artifacts = artifacts
+        self._manifest = load_manifest(artifacts, model_name)
+        self._threads = max(1, (os.cpu_count() or 1) // instances)
         self._local = threading.local()
         self._thread = ThreadPoolExecutor(
-            instances,
-            thread_name_prefix="model",
-            initializer=lambda: setattr(
-                self._local, "backend", load_backend("onnxruntime", artifacts, manifest, threads)
-            ),
+            instances, thread_name_prefix="model", initializer=self._load_model
+        )
+
+    def _load_model(self) -> None:
+        # Each thread of the pool loads its own model as it starts, as each in-process one does.
+        self._local.backend = load_backend(
+            "onnxruntime", self._artifacts, self._manifest, self._threads
         )
 
     def _classify(self, data: bytes) -> int:

@@ -36,7 +36,7 @@ from export.catalog import SAMPLE_IMAGES
 from export.pipeline import export_model
 from export.zoo import WeightsUnavailable
 from serve.backends import ArtifactError, load_manifest
-from serve.bench import run_load
+from serve.bench import measure
 from serve.ceiling import CeilingRunner, LoneImage
 from serve.config import DEFAULT_ARTIFACTS
 from serve.loadgen import LoadResult, SendOne, closed_loop
@@ -70,12 +70,7 @@ def ensure_exported(model: str, artifacts: Path) -> str:
 
 def load(address: str, concurrency: int, seconds: float) -> LoadResult:
     print(f"  {address}: concurrency {concurrency} for {seconds:.0f} s", flush=True)
-    return asyncio.run(
-        run_load(
-            address, "tutorial", [IMAGE.read_bytes()], concurrency, duration=seconds,
-            progress=False,
-        )
-    )  # fmt: skip
+    return measure(address, "tutorial", [IMAGE.read_bytes()], concurrency, duration=seconds)
 
 
 # Throughput against the ceiling, too, is measured in alternating slices of one run; each server
@@ -89,13 +84,6 @@ class Throughput:
     ceiling_images_per_s: float
     # benchmarks/bare_aio_server.py with the ceiling's threading; empty unless asked for.
     bare: LoadResult
-
-
-def _slice(address: str, image: bytes, concurrency: int) -> LoadResult:
-    return asyncio.run(
-        run_load(address, "tutorial", [image], concurrency, duration=THROUGHPUT_SLICE_SECONDS,
-                 progress=False)
-    )  # fmt: skip
 
 
 def throughput_beside_ceiling(
@@ -113,9 +101,11 @@ def throughput_beside_ceiling(
     bare = LoadResult(concurrency=concurrency)
     images, taken = 0, 0.0
     for _ in range(slices):
-        server.add(_slice(address, image, concurrency))
+        server.add(measure(address, "tutorial", [image], concurrency,
+                           duration=THROUGHPUT_SLICE_SECONDS))  # fmt: skip
         if bare_address is not None:
-            bare.add(_slice(bare_address, image, concurrency))
+            bare.add(measure(bare_address, "tutorial", [image], concurrency,
+                             duration=THROUGHPUT_SLICE_SECONDS))  # fmt: skip
         ceiling.run(serve.bench.WARM_UP_SECONDS)
         done, seconds = ceiling.run(THROUGHPUT_SLICE_SECONDS)
         images, taken = images + done, taken + seconds
@@ -173,10 +163,9 @@ def c1_beside_in_process(
         asyncio.run(_settled(bare_blocking, 50))
         for _ in range(slices):
             measured.blocking.add(asyncio.run(_settled(blocking, C1_SLICE_REQUESTS)))
-            measured.asyncio.add(asyncio.run(
-                run_load(address, "tutorial", [image], 1, requests=C1_SLICE_REQUESTS,
-                         progress=False, warm_up=C1_SETTLE_SECONDS)
-            ))  # fmt: skip
+            measured.asyncio.add(measure(address, "tutorial", [image], 1,
+                                         requests=C1_SLICE_REQUESTS,
+                                         warm_up=C1_SETTLE_SECONDS))  # fmt: skip
             measured.bare.add(asyncio.run(_settled(bare_blocking, C1_SLICE_REQUESTS)))
             lone.time(C1_SETTLE)
             measured.in_process += lone.time(C1_SLICE_REQUESTS)
@@ -194,9 +183,7 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
     common = ["--artifacts", str(artifacts)]
     with ServerProcess(["--model", "efficientnet_lite0", *common]) as server:
         notes.append(f"torchgrpc start-up (Lite0, auto backend): {server.startup_seconds:.1f} s")
-        floor = asyncio.run(
-            run_load(server.address, "list-models", [], 1, duration=5, progress=False)
-        )
+        floor = measure(server.address, "list-models", [], 1, duration=5)
         with ServerProcess(common, module="benchmarks.bare_aio_server") as bare:
             c1_latency = c1_beside_in_process(
                 server.address, bare.address, lone, image, max(1, round(seconds))
@@ -222,10 +209,7 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         c256 = load(server.address, 256, seconds)
         rss_before = server.rss_bytes()
         print(f"  soak: {soak_requests:,} requests at concurrency 32", flush=True)
-        soak = asyncio.run(
-            run_load(server.address, "tutorial", [image], 32, requests=soak_requests,
-                     progress=False)
-        )  # fmt: skip
+        soak = measure(server.address, "tutorial", [image], 32, requests=soak_requests)
         rss_after = server.rss_bytes()
     with ServerProcess(["--model", "efficientnet_lite0", *common],
                        module="benchmarks.tutorial_server") as tutorial:  # fmt: skip

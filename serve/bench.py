@@ -29,7 +29,7 @@ from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.pb.torchgrpc.v1 import classifier_pb2, classifier_pb2_grpc
 from serve.process import ServerProcess
 
-__all__ = ["APIS", "main", "run_load", "sender"]
+__all__ = ["APIS", "main", "measure", "run_load", "sender"]
 
 WARM_UP_SECONDS = 1.5
 
@@ -106,6 +106,23 @@ async def run_load(
                 send, concurrency, requests=requests, duration=duration,
                 on_request=lambda: bar.update(1),
             )  # fmt: skip
+
+
+def measure(
+    address: str,
+    api: str,
+    images: list[bytes],
+    concurrency: int,
+    *,
+    requests: int | None = None,
+    duration: float | None = None,
+    warm_up: float | None = None,
+) -> LoadResult:
+    """``run_load`` from synchronous code, with no progress bar: for scripts that take figures."""
+    return asyncio.run(
+        run_load(address, api, images, concurrency, requests=requests, duration=duration,
+                 progress=False, warm_up=warm_up)
+    )  # fmt: skip
 
 
 @contextmanager
