@@ -16,7 +16,7 @@ help:
 	@echo "make export [MODEL=...] [WEIGHTS=|random|path/to/state_dict.pth]"
 	@echo "make client [IMAGES='a.jpg b.png'] [SERVER=host:port]"
 	@echo "make compare [MODEL=...]    backend latency and throughput, table + JSON + chart"
-	@echo "make bench [ARGS=...]       load generator against a server it starts (serve.bench --help)"
+	@echo "make bench [ARGS=...]       load generator against a server it starts (benchmarks.bench --help)"
 	@echo "make benchmark               every performance target side by side: benchmarks/RESULTS.md"
 	@echo "make ab BASE=rev [ARGS=...]  this checkout's server against revision rev's, in alternating rounds"
 	@echo "make test                    lint, type-check and the whole test suite"
@@ -46,7 +46,7 @@ client: venv
 	$(PY) -m serve.client $(IMAGES) --server $(SERVER)
 
 compare: venv artifacts/$(MODEL)/manifest.json
-	$(PY) -m serve.compare --model $(MODEL)
+	$(PY) -m benchmarks.compare --model $(MODEL)
 
 protos: venv
 	$(PY) protos/generate.py
@@ -63,7 +63,7 @@ clean:
 	rm -rf $(VENV) artifacts/*/ .mypy_cache .ruff_cache .pytest_cache
 
 bench: venv artifacts/$(MODEL)/manifest.json
-	$(PY) -m serve.bench --start --model $(MODEL) --backend $(BACKEND) $(ARGS)
+	$(PY) -m benchmarks.bench --start --model $(MODEL) --backend $(BACKEND) $(ARGS)
 
 # Every performance target, measured side by side in one run: writes benchmarks/RESULTS.md.
 benchmark: venv

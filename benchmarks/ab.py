@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
-from serve.bench import measure
+from benchmarks.bench import measure
 from serve.config import DEFAULT_ARTIFACTS
-from serve.process import ServerProcess
+from benchmarks.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,9 @@ health: what it costs over the in-process work is gRPC's and the hand-offs betwe
 and a thread, which no handler can remove. `make benchmark` measures it in the same slices as
 torchgrpc, with the in-process runs' threading:
 - `--instances 1` (the default): one thread with every core on its model, as the in-process
-  single-image run (`serve.ceiling.LoneImage`), for latency at concurrency 1;
+  single-image run (`benchmarks.ceiling.LoneImage`), for latency at concurrency 1;
 - `--instances N`: N threads, each with its own model on cores/N intra-op threads, as the
-  in-process ceiling (`serve.ceiling.CeilingRunner`), for throughput.
+  in-process ceiling (`benchmarks.ceiling.CeilingRunner`), for throughput.
 
     python -m benchmarks.bare_aio_server --model efficientnet_lite0 --port 50053 [--instances 2]
 """
@@ -26,7 +26,7 @@ import grpc
 
 from benchmarks import reference_server
 from serve.backends import load_backend, load_manifest
-from serve.ceiling import run_images
+from benchmarks.ceiling import run_images
 from serve.pb import inference_pb2, inference_pb2_grpc
 
 

@@ -1,5 +1,5 @@
 """What the reference servers in benchmarks/ share: a grpc.aio server for one servicer of the
-tutorial's API, started the way `serve.process.ServerProcess` starts a server."""
+tutorial's API, started the way `benchmarks.process.ServerProcess` starts a server."""
 
 from __future__ import annotations
 

@@ -30,18 +30,18 @@ import grpc
 import onnxruntime
 import torch
 
-import serve.bench
+import benchmarks.bench
 from benchmarks.draft import measure_draft
 from export.catalog import SAMPLE_IMAGES
 from export.pipeline import export_model
 from export.zoo import WeightsUnavailable
 from serve.backends import ArtifactError, load_manifest
-from serve.bench import measure
-from serve.ceiling import CeilingRunner, LoneImage
+from benchmarks.bench import measure
+from benchmarks.ceiling import CeilingRunner, LoneImage
 from serve.config import DEFAULT_ARTIFACTS
-from serve.loadgen import LoadResult, SendOne, closed_loop
+from benchmarks.loadgen import LoadResult, SendOne, closed_loop
 from serve.pb import inference_pb2, inference_pb2_grpc
-from serve.process import ServerProcess
+from benchmarks.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 IMAGE = SAMPLE_IMAGES / "cat.jpg"
@@ -106,7 +106,7 @@ def throughput_beside_ceiling(
         if bare_address is not None:
             bare.add(measure(bare_address, "tutorial", [image], concurrency,
                              duration=THROUGHPUT_SLICE_SECONDS))  # fmt: skip
-        ceiling.run(serve.bench.WARM_UP_SECONDS)
+        ceiling.run(benchmarks.bench.WARM_UP_SECONDS)
         done, seconds = ceiling.run(THROUGHPUT_SLICE_SECONDS)
         images, taken = images + done, taken + seconds
     return Throughput(server, images / taken, bare)

@@ -22,13 +22,13 @@ from serve.config import ServerConfig
 from serve.server import Server
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = ROOT.parent / "shared" / "images"
+IMAGES = ROOT / "tests" / "images"
 # Exports made by the tests live apart from the user's artifacts/ and survive between runs:
 # an up-to-date export is skipped, so only the first run pays for it.
 TEST_ARTIFACTS = ROOT / ".cache" / "test-artifacts"
-CAT_JPG = SHARED_IMAGES / "cat.jpg"
-CAT_PNG = SHARED_IMAGES / "cat.png"
-COFFEE_JPG = SHARED_IMAGES / "coffee.jpg"
+CAT_JPG = IMAGES / "cat.jpg"
+CAT_PNG = IMAGES / "cat.png"
+COFFEE_JPG = IMAGES / "coffee.jpg"
 EGYPTIAN_CAT, ESPRESSO = 285, 967
 
 

@@ -19,7 +19,7 @@ from tests.conftest import ServerThread, config_with
 
 
 def write_compare(folder: Path, rates: dict[str, list[float]]) -> None:
-    """A compare.json in the shape `python -m serve.compare` writes."""
+    """A compare.json in the shape `python -m benchmarks.compare` writes."""
     results = {
         "model": folder.name,
         "backends": {

@@ -14,12 +14,12 @@ from export.pipeline import ExportResult, sample_batch
 from export.zoo import get_spec
 from serve.backends import BACKENDS, ArtifactError, load_backend, load_manifest
 from serve.imaging import ImageLimits, load_image
-from tests.conftest import SHARED_IMAGES, TEST_ARTIFACTS, modules_loaded_by
+from tests.conftest import IMAGES, TEST_ARTIFACTS, modules_loaded_by
 
 
-def shared_batch(model: str) -> np.ndarray:
+def images_batch(model: str) -> np.ndarray:
     pre = get_spec(model).preprocessing
-    images = sorted(SHARED_IMAGES.glob("*.*g"))
+    images = sorted(IMAGES.glob("*.*g"))
     return np.stack(
         [load_image(p.read_bytes(), i, ImageLimits(), pre) for i, p in enumerate(images)]
     )
@@ -31,7 +31,7 @@ def test_three_backends_same_top1_on_the_example_images(
 ) -> None:
     exported: ExportResult = request.getfixturevalue(export)
     model = exported.manifest.model
-    batch = np.concatenate([shared_batch(model), sample_batch(get_spec(model))])
+    batch = np.concatenate([images_batch(model), sample_batch(get_spec(model))])
     logits = {
         kind: load_backend(kind, TEST_ARTIFACTS, exported.manifest, 2).run(batch)
         for kind in BACKENDS

@@ -13,13 +13,13 @@ import pytest
 
 from export.pipeline import ExportResult
 from serve.pb import inference_pb2, inference_pb2_grpc
-from serve.process import ServerProcess
+from benchmarks.process import ServerProcess
 from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, TEST_ARTIFACTS, ServerThread
 
 
 def bench(*arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "serve.bench", *arguments], capture_output=True, text=True,
+        [sys.executable, "-m", "benchmarks.bench", *arguments], capture_output=True, text=True,
         cwd=ROOT, timeout=300, check=True,
     )  # fmt: skip
 
@@ -89,7 +89,7 @@ def test_benchmark_times_c1_in_slices_beside_the_in_process_run(
     server: ServerThread, lite0_export: ExportResult
 ) -> None:
     from benchmarks.run import C1_SLICE_REQUESTS, c1_beside_in_process
-    from serve.ceiling import LoneImage
+    from benchmarks.ceiling import LoneImage
 
     image = CAT_JPG.read_bytes()
     lone = LoneImage("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
@@ -109,11 +109,11 @@ def test_benchmark_measures_throughput_in_slices_beside_the_ceiling(
     server: ServerThread, lite0_export: ExportResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import benchmarks.run
-    import serve.bench
-    from serve.ceiling import CeilingRunner
+    import benchmarks.bench
+    from benchmarks.ceiling import CeilingRunner
 
     monkeypatch.setattr(benchmarks.run, "THROUGHPUT_SLICE_SECONDS", 0.5)
-    monkeypatch.setattr(serve.bench, "WARM_UP_SECONDS", 0.2)
+    monkeypatch.setattr(benchmarks.bench, "WARM_UP_SECONDS", 0.2)
     image = CAT_JPG.read_bytes()
     ceiling = CeilingRunner("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
     arguments = ["--artifacts", str(TEST_ARTIFACTS), "--instances", str(ceiling.instances)]

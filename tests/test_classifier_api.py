@@ -16,7 +16,7 @@ from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
 from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import CAT_JPG, CAT_PNG, COFFEE_JPG, EGYPTIAN_CAT, ESPRESSO, ROOT, ServerThread
 
-# ../shared/images/EXPECTED.md: the reference top-5 of EfficientNet-Lite0 on the images.
+# tests/images/EXPECTED.md: the reference top-5 of EfficientNet-Lite0 on the images.
 EXPECTED_CAT_JPG = [(285, 0.8117), (282, 0.0769), (281, 0.0668), (287, 0.0091), (728, 0.0011)]
 EXPECTED_COFFEE = [(967, 0.8923), (968, 0.0329), (504, 0.0146), (925, 0.0115), (809, 0.0042)]
 

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 def test_compare_writes_table_json_and_chart(lite0_export: ExportResult, tmp_path: Path) -> None:
     shutil.copytree(lite0_export.folder, tmp_path / "efficientnet_lite0")
     done = subprocess.run(
-        [sys.executable, "-m", "serve.compare", "--artifacts", str(tmp_path),
+        [sys.executable, "-m", "benchmarks.compare", "--artifacts", str(tmp_path),
          "--iterations", "2", "--requests", "6"],
         capture_output=True, text=True, cwd=ROOT, timeout=600, check=True,
     )  # fmt: skip

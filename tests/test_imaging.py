@@ -27,7 +27,7 @@ from serve.imaging import (
     preprocess,
 )
 
-IMAGES = Path(__file__).resolve().parents[2] / "shared" / "images"
+IMAGES = Path(__file__).resolve().parent / "images"
 # The default model's pre-processing, as in the reference figures.
 LITE0 = Preprocessing(224, 224, (127.0, 127.0, 127.0), (128.0, 128.0, 128.0))
 # Different per channel, so a swapped channel or a missed mean shows.

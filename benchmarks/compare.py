@@ -27,10 +27,10 @@ from export.catalog import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_IMAGES
 from serve.backends import BACKENDS, load_backend, load_manifest
 from serve.config import DEFAULT_ARTIFACTS
 from serve.imaging import ImageLimits, load_image
-from serve.loadgen import LoadResult, closed_loop
+from benchmarks.loadgen import LoadResult, closed_loop
 from serve.models import backend_defaults
 from serve.pb import inference_pb2, inference_pb2_grpc
-from serve.process import ServerProcess
+from benchmarks.process import ServerProcess
 
 __all__ = ["main"]
 
@@ -175,7 +175,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)

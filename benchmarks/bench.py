@@ -1,4 +1,4 @@
-"""`python -m serve.bench`: a closed-loop load generator for a torchgrpc server (`make bench`).
+"""`python -m benchmarks.bench`: a closed-loop load generator for a torchgrpc server (`make bench`).
 
 Drives a running server (`--server HOST:PORT`) or one it starts itself (`--start`, with `--model`,
 `--backend` and `--workers`) through the tutorial API or the Classifier API. `--in-process` measures
@@ -24,10 +24,10 @@ from tqdm import tqdm
 from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
 from serve.backends import BACKENDS
 from serve.config import DEFAULT_ARTIFACTS
-from serve.loadgen import LoadResult, SendOne, closed_loop
+from benchmarks.loadgen import LoadResult, SendOne, closed_loop
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.pb.torchgrpc.v1 import classifier_pb2, classifier_pb2_grpc
-from serve.process import ServerProcess
+from benchmarks.process import ServerProcess
 
 __all__ = ["APIS", "main", "measure", "run_load", "sender"]
 
@@ -139,7 +139,7 @@ def _target(args: argparse.Namespace) -> Iterator[str]:
 
 def _in_process(args: argparse.Namespace, image: bytes) -> dict[str, Any]:
     from serve.backends import load_manifest
-    from serve.ceiling import measure_ceiling, measure_single_image_latency
+    from benchmarks.ceiling import measure_ceiling, measure_single_image_latency
 
     backend = args.backend if args.backend != "auto" else "onnxruntime"
     manifest = load_manifest(args.artifacts, args.model)
@@ -192,7 +192,7 @@ def _print(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__)
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--server", default="localhost:50052", help="HOST:PORT to drive")
     target.add_argument("--start", action="store_true", help="start a server to drive")
