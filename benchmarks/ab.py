@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
 from benchmarks.bench import measure
-from serve.config import DEFAULT_ARTIFACTS
 from benchmarks.process import ServerProcess
+from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
+from serve.config import DEFAULT_ARTIFACTS
 
 ROOT = Path(__file__).resolve().parent.parent
 

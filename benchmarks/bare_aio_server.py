@@ -25,8 +25,8 @@ from typing import Any
 import grpc
 
 from benchmarks import reference_server
-from serve.backends import load_backend, load_manifest
 from benchmarks.ceiling import run_images
+from serve.backends import load_backend, load_manifest
 from serve.pb import inference_pb2, inference_pb2_grpc
 
 

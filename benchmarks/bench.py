@@ -21,13 +21,13 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from benchmarks.loadgen import LoadResult, SendOne, closed_loop
+from benchmarks.process import ServerProcess
 from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
 from serve.backends import BACKENDS
 from serve.config import DEFAULT_ARTIFACTS
-from benchmarks.loadgen import LoadResult, SendOne, closed_loop
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.pb.torchgrpc.v1 import classifier_pb2, classifier_pb2_grpc
-from benchmarks.process import ServerProcess
 
 __all__ = ["APIS", "main", "measure", "run_load", "sender"]
 
@@ -138,8 +138,8 @@ def _target(args: argparse.Namespace) -> Iterator[str]:
 
 
 def _in_process(args: argparse.Namespace, image: bytes) -> dict[str, Any]:
-    from serve.backends import load_manifest
     from benchmarks.ceiling import measure_ceiling, measure_single_image_latency
+    from serve.backends import load_manifest
 
     backend = args.backend if args.backend != "auto" else "onnxruntime"
     manifest = load_manifest(args.artifacts, args.model)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from export.manifest import Manifest
-from serve.backends import Backend, load_backend
+from serve.backends import Backend, load_backend, run_single
 from serve.imaging import ImageLimits, load_image
 from serve.models import backend_defaults
 
@@ -43,7 +43,7 @@ def run_images(backend: Backend, data: bytes, manifest: Manifest, images: int) -
     """``images`` copies of one image decoded, pre-processed and run as one batch: the logits."""
     limits = ImageLimits()
     arrays = [load_image(data, i, limits, manifest.preprocessing) for i in range(images)]
-    return backend.run(np.stack(arrays))
+    return run_single(backend, np.stack(arrays))
 
 
 class CeilingRunner:

@@ -23,14 +23,14 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.loadgen import LoadResult, closed_loop
+from benchmarks.process import ServerProcess
 from export.catalog import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_IMAGES
-from serve.backends import BACKENDS, load_backend, load_manifest
+from serve.backends import BACKENDS, load_backend, load_manifest, run_single
 from serve.config import DEFAULT_ARTIFACTS
 from serve.imaging import ImageLimits, load_image
-from benchmarks.loadgen import LoadResult, closed_loop
 from serve.models import backend_defaults
 from serve.pb import inference_pb2, inference_pb2_grpc
-from benchmarks.process import ServerProcess
 
 __all__ = ["main"]
 
@@ -63,11 +63,13 @@ def in_process(
     for batch_size in BATCH_SIZES:
         batch = np.stack([image] * batch_size)
         for _ in range(3):
-            model.run(batch)  # warm-up: allocation, and TorchScript's profiling runs per shape
+            run_single(
+                model, batch
+            )  # warm-up: allocation, and TorchScript's profiling runs per shape
         seconds = []
         for _ in range(settings.iterations):
             started = time.perf_counter()
-            model.run(batch)
+            run_single(model, batch)
             seconds.append(time.perf_counter() - started)
             tick(1)
         median = statistics.median(seconds)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from export.catalog import SAMPLE_IMAGES
 from export.manifest import Manifest
-from serve.backends import load_backend
+from serve.backends import load_backend, run_single
 from serve.imaging import ImageLimits, load_image
 
 __all__ = ["DraftResult", "big_photo", "measure_draft"]
@@ -63,7 +63,7 @@ def measure_draft(artifacts: Path, manifest: Manifest, runs: int = 50) -> DraftR
     batch = np.stack(
         [load_image(data, 0, limits, manifest.preprocessing) for limits in (draft, full)]
     )
-    top1 = model.run(batch).argmax(axis=1)
+    top1 = run_single(model, batch).argmax(axis=1)
     return DraftResult(
         draft_ms=_median_ms(data, draft, manifest, runs),
         full_ms=_median_ms(data, full, manifest, runs),

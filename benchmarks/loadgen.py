@@ -1,6 +1,7 @@
-"""A closed-loop load generator: N workers each send a request, wait for it, and send the next.
+"""Load generators: a closed loop (N workers each send a request, wait for it, and send the next)
+and an open loop (requests sent at a fixed rate, answered or not).
 
-Shared by `make compare` and the benchmarks; it knows nothing about which API it drives: it is
+Shared by `make compare` and the benchmarks; they know nothing about which API they drive: they are
 given a coroutine function that sends one request and returns how many images it carried.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LoadResult", "closed_loop"]
+__all__ = ["LoadResult", "closed_loop", "open_loop"]
 
 SendOne = Callable[[], Awaitable[int]]
 
@@ -97,5 +98,51 @@ async def closed_loop(
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+async def open_loop(send: SendOne, rate: float, *, duration: float) -> LoadResult:
+    """Sends ``rate`` requests a second for ``duration`` seconds, whether or not the earlier ones
+    have been answered, as independent clients would: the server sees this load however it copes.
+
+    The i-th of the ``round(rate * duration)`` requests leaves ``i / rate`` seconds after the start;
+    the run ends ``requests / rate`` seconds after it (one whole interval after the last request,
+    so that the run covers the same span for each one), or when the last answer is in if that is
+    later. The result's ``concurrency`` is the most requests that were in flight at once.
+    """
+    if rate <= 0 or duration <= 0:
+        raise ValueError("rate and duration must be > 0")
+    result = LoadResult(concurrency=0)
+    in_flight = 0
+
+    async def one() -> None:
+        nonlocal in_flight
+        in_flight += 1
+        result.concurrency = max(result.concurrency, in_flight)
+        started = time.perf_counter()
+        try:
+            images = await send()
+        except Exception:
+            result.errors += 1
+        else:
+            result.images += images
+            result.latencies.append(time.perf_counter() - started)
+        finally:
+            in_flight -= 1
+
+    count = round(rate * duration)
+    tasks: list[asyncio.Task[None]] = []
+    started = time.perf_counter()
+    try:
+        for i in range(count):
+            # Each departure is scheduled from the start, so a late one does not delay the rest.
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    await asyncio.sleep(max(0.0, started + count / rate - time.perf_counter()))
     result.seconds = time.perf_counter() - started
     return result

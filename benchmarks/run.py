@@ -31,17 +31,17 @@ import onnxruntime
 import torch
 
 import benchmarks.bench
+from benchmarks.bench import measure
+from benchmarks.ceiling import CeilingRunner, LoneImage
 from benchmarks.draft import measure_draft
+from benchmarks.loadgen import LoadResult, SendOne, closed_loop
+from benchmarks.process import ServerProcess
 from export.catalog import SAMPLE_IMAGES
 from export.pipeline import export_model
 from export.zoo import WeightsUnavailable
 from serve.backends import ArtifactError, load_manifest
-from benchmarks.bench import measure
-from benchmarks.ceiling import CeilingRunner, LoneImage
 from serve.config import DEFAULT_ARTIFACTS
-from benchmarks.loadgen import LoadResult, SendOne, closed_loop
 from serve.pb import inference_pb2, inference_pb2_grpc
-from benchmarks.process import ServerProcess
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 IMAGE = SAMPLE_IMAGES / "cat.jpg"

@@ -2,6 +2,8 @@
 
 ``artifacts/<model>/manifest.json`` says what was exported, from which weights, how images must be
 pre-processed, what the classes are called, and how well the exported forms agree with eager.
+``Preprocessing.apply`` is the executable form of the pre-processing it records, used by the export
+stage on its sample photos and by the server on every request: one definition, not two copies.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
 
 __all__ = [
     "MANIFEST_NAME",
@@ -36,13 +42,45 @@ MANIFEST_VERSION = 2
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize to ``height`` x ``width`` (bilinear), then ``(rgb_0_255 - mean) / std``."""
+    """Resize to ``height`` x ``width``, then ``(rgb_0_255 - mean) / std``.
+
+    ``resize`` names the filter (a ``PIL.Image.Resampling`` member; bilinear unless told). The
+    fields are checked on construction, so a bad manifest fails when it is read, not on the first
+    request.
+    """
 
     height: int
     width: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     resize: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"preprocessing size must be positive, not {self.width}x{self.height}")
+        if 0.0 in self.std:
+            raise ValueError(f"preprocessing std must be non-zero, not {self.std}")
+        _resample(self.resize)
+
+    def apply(self, image: Image.Image) -> NDArray[np.float32]:
+        """Resize an RGB image to this size, then return float32 CHW ``(rgb - mean) / std``.
+
+        Bit-for-bit the same as ``Image.resize`` followed by float32 arithmetic, which is what the
+        reference figures were computed with. Decoding, and turning other modes into RGB, is the
+        caller's: the right conversion depends on where the image came from.
+        """
+        if image.mode != "RGB":
+            raise ValueError(f"preprocessing needs an RGB image, not mode {image.mode}")
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), _resample(self.resize))
+        hwc = np.asarray(image)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        # Read the HWC bytes through a transposed view and write the CHW result once, in place.
+        out = np.empty((3, self.height, self.width), dtype=np.float32)
+        np.subtract(hwc.transpose(2, 0, 1), mean, out=out)
+        np.divide(out, std, out=out)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Preprocessing:
@@ -133,6 +171,13 @@ def modified_files(folder: Path, manifest: Manifest) -> list[str]:
         for name, sha in manifest.files.items()
         if not (folder / name).is_file() or file_sha256(folder / name) != sha
     ]
+
+
+def _resample(name: str) -> Image.Resampling:
+    try:
+        return Image.Resampling[name.upper()]
+    except KeyError:
+        raise ValueError(f"unknown resize filter {name!r}") from None
 
 
 def _triple(values: Any) -> tuple[float, float, float]:

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from PIL import Image
 
 from export.catalog import SAMPLE_IMAGES
 from export.convert import export_onnx, torchscript_is_wanted, trace_torchscript
@@ -30,7 +31,6 @@ from export.manifest import (
 from export.parity import measure_parity
 from export.zoo import ModelSpec, get_spec
 from export.zoo.spec import state_dict_sha256
-from serve.imaging import ImageLimits, load_image
 
 __all__ = ["ExportResult", "ParityError", "export_model", "sample_batch"]
 
@@ -117,12 +117,11 @@ def _write_artifacts(
 
 
 def sample_batch(spec: ModelSpec) -> np.ndarray:
-    """The sample photos, pre-processed exactly as the server does it."""
-    paths = sorted(SAMPLE_IMAGES.glob("*.jpg"))
-    limits = ImageLimits(draft=False)
-    arrays = [
-        load_image(p.read_bytes(), i, limits, spec.preprocessing) for i, p in enumerate(paths)
-    ]
+    """The sample photos, decoded with plain Pillow and pre-processed as the server does it."""
+    arrays = []
+    for path in sorted(SAMPLE_IMAGES.glob("*.jpg")):
+        with Image.open(path) as image:
+            arrays.append(spec.preprocessing.apply(image.convert("RGB")))
     return np.stack(arrays)
 
 

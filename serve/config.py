@@ -18,7 +18,12 @@ from export.catalog import DEFAULT_MODEL
 from serve.backend_choice import AUTO
 from serve.backends import BACKENDS
 from serve.batching import BatchingConfig
-from serve.imaging import DEFAULT_FORMATS, DEFAULT_MAX_PIXELS, ImageLimits
+from serve.imaging import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    ImageLimits,
+)
 
 __all__ = ["DEFAULT_ARTIFACTS", "LOOPBACK", "ServerConfig", "add_arguments", "config_from_args"]
 
@@ -45,6 +50,15 @@ def _formats(text: str) -> frozenset[str]:
     return frozenset(name.upper() for name in _names(text))
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, not {text!r}")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     models: tuple[str, ...] = _setting(
@@ -61,6 +75,15 @@ class ServerConfig:
     artifacts: Path = _setting(DEFAULT_ARTIFACTS, "folder the export stage wrote", Path)
     max_message_bytes: int = _setting(64 * 1024 * 1024, "largest request accepted, in bytes")
     max_pixels: int = _setting(DEFAULT_MAX_PIXELS, "largest image accepted, width x height")
+    max_request_pixels: int = _setting(
+        DEFAULT_MAX_REQUEST_PIXELS,
+        "most pixels one request's images may add up to (read from their headers, before any "
+        "is decoded)",
+    )
+    max_images_per_request: int = _setting(256, "most images one request may carry")
+    exif_transpose: bool = _setting(
+        True, "turn images upright by their EXIF orientation before pre-processing", _boolean
+    )
     formats: frozenset[str] = _setting(DEFAULT_FORMATS, "image formats accepted", _formats)
     max_batch_size: int = _setting(
         AUTOMATIC, "most images run through the model at once; 0 = the backend's default"
@@ -85,7 +108,13 @@ class ServerConfig:
             raise ValueError(f"port {self.port} is out of range")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
-        for name in ("max_message_bytes", "max_pixels", "workers"):
+        for name in (
+            "max_message_bytes",
+            "max_pixels",
+            "max_request_pixels",
+            "max_images_per_request",
+            "workers",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         for name in ("instances", "threads", "decode_threads", "max_batch_size"):
@@ -96,7 +125,12 @@ class ServerConfig:
 
     @property
     def image_limits(self) -> ImageLimits:
-        return ImageLimits(max_pixels=self.max_pixels, allowed_formats=self.formats)
+        return ImageLimits(
+            max_pixels=self.max_pixels,
+            allowed_formats=self.formats,
+            max_request_pixels=self.max_request_pixels,
+            exif_transpose=self.exif_transpose,
+        )
 
     def batching(self, default_max_batch_size: int) -> BatchingConfig:
         """The batcher's settings, with the backend's own batch size where none was given."""

@@ -1,82 +1,136 @@
-"""What every API asks of the server, in plain Python types: the wire adapters call only this."""
+"""What every API asks of the server, in plain Python types: the wire adapters call only this.
+
+The tutorial API (class ids), the Classifier API (top-k labels) and the KServe API (named
+tensors) all reach a model's one batcher through here.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from serve.errors import InvalidArgument, ModelNotFound
+from serve.batching import Call
+from serve.errors import ModelNotFound, shortened
+from serve.fronts.classification import Label, check_k
 from serve.models import ModelInfo, ServedModel
-from serve.postprocess import Label, top_classes, top_k_labels
+from serve.statistics import InferenceStatistics
+from serve.tensors import InferRequest, InferResponse, RequestedOutput, Tensor, datatype_of
 
-__all__ = ["DEFAULT_TOP_K", "InferenceCore"]
+__all__ = ["DEFAULT_TOP_K", "InferenceCore", "ModelStatus"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
+READY = "READY"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A model's line in the repository index."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
 
 
 class InferenceCore:
     def __init__(self, models: Sequence[ServedModel]) -> None:
         if not models:
             raise ValueError("the core needs at least one model")
-        self._models = {model.info.name: model for model in models}
-        self.default_model = models[0].info.name
+        self._models = {model.name: model for model in models}
+        self.default_model = models[0].name
 
     @property
     def models(self) -> list[ModelInfo]:
         return [model.info for model in self._models.values()]
 
-    def model(self, name: str) -> ServedModel:
-        """The model called ``name``; the default one for ""."""
+    @property
+    def served(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+    def model(self, name: str, version: str = "") -> ServedModel:
+        """The model called ``name`` (the default one for "") at ``version`` ("" = latest)."""
         try:
-            return self._models[name or self.default_model]
+            served = self._models[name or self.default_model]
         except KeyError:
             known = ", ".join(self._models)
-            raise ModelNotFound(f"model {name!r} is not served here (served: {known})") from None
+            raise ModelNotFound(
+                f"model {shortened(name)} is not served here (served: {known})"
+            ) from None
+        if version not in ("", served.version):
+            raise ModelNotFound(
+                f"model {shortened(served.name)} has no version {shortened(version)} "
+                f"(versions: {served.version})"
+            )
+        return served
 
-    async def predict(
-        self, images: Sequence[bytes], *, model: str = "", deadline: float | None = None
-    ) -> list[int]:
-        """The tutorial's API: the top-1 class id of every image, in order."""
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.model(name, version)
+        except ModelNotFound:
+            return False
+        return True
+
+    async def predict(self, images: Sequence[bytes], *, model: str = "", call: Call) -> list[int]:
+        """The tutorial's API: the most probable class id of every image, in order."""
         served = self.model(model)
-        _check_images(images)
+        scores = served.class_scores()
         started = time.perf_counter()
-        classes = top_classes(await served.logits(images, deadline))
+        outputs = await served.infer_images(images, call)
         _log_request("predict", served, len(images), started)
-        return classes
+        return scores.top_classes(outputs[scores.name])
 
     async def classify(
-        self,
-        images: Sequence[bytes],
-        *,
-        top_k: int = 0,
-        model: str = "",
-        deadline: float | None = None,
+        self, images: Sequence[bytes], *, top_k: int = 0, model: str = "", call: Call
     ) -> tuple[str, list[list[Label]]]:
         """The ``top_k`` (0 = default) most probable labels of every image, and the model's name."""
         served = self.model(model)
+        scores = served.class_scores()
         k = top_k or DEFAULT_TOP_K
-        if not 1 <= k <= len(served.labels):
-            raise InvalidArgument(f"top_k must be between 1 and {len(served.labels)}, got {top_k}")
-        _check_images(images)
+        check_k(k, scores.labels)
         started = time.perf_counter()
-        logits = await served.logits(images, deadline)
+        outputs = await served.infer_images(images, call)
         _log_request("classify", served, len(images), started)
-        return served.info.name, top_k_labels(logits, k, served.labels)
+        return served.name, scores.top_k(outputs[scores.name], k)
+
+    async def infer(self, request: InferRequest, call: Call) -> InferResponse:
+        """KServe v2: named tensors in, the requested outputs (all by default) out."""
+        served = self.model(request.model, request.version)
+        wanted = request.outputs or tuple(RequestedOutput(s.name) for s in served.signature.outputs)
+        for output in wanted:
+            served.signature.output(output.name)
+            if output.classification:
+                check_k(output.classification, served.class_scores().labels)
+        started = time.perf_counter()
+        outputs = await served.infer(request.inputs, call)
+        _log_request("infer", served, -1, started)
+        tensors = []
+        for output in wanted:
+            data = outputs[output.name]
+            if output.classification:
+                data = served.class_scores().classification(data, output.classification)
+            tensors.append(Tensor(output.name, datatype_of(data).name, data))
+        return InferResponse(served.name, served.version, tuple(tensors), request.id)
+
+    def statistics(
+        self, name: str = "", version: str = ""
+    ) -> list[tuple[ServedModel, InferenceStatistics]]:
+        """Every model's statistics for "", else the named model's."""
+        models = [self.model(name, version)] if name else self.served
+        return [(model, model.batcher.statistics) for model in models]
+
+    def repository_index(self) -> list[ModelStatus]:
+        return [ModelStatus(m.name, m.version, READY) for m in self.served]
 
     async def close(self) -> None:
         for model in self._models.values():
             await model.close()
 
 
-def _check_images(images: Sequence[bytes]) -> None:
-    if not images:
-        raise InvalidArgument("the request has no images")
-
-
-def _log_request(kind: str, served: ServedModel, images: int, started: float) -> None:
+def _log_request(kind: str, served: ServedModel, rows: int, started: float) -> None:
     if log.isEnabledFor(logging.DEBUG):
         elapsed_ms = (time.perf_counter() - started) * 1000
-        log.debug("%s: %d image(s) on %s in %.1f ms", kind, images, served.info.name, elapsed_ms)
+        log.debug("%s: %d row(s) on %s in %.1f ms", kind, rows, served.name, elapsed_ms)

@@ -1,8 +1,8 @@
-"""One exception tree for the server; each class carries the gRPC status it maps to.
+"""One exception tree for the whole server; each class carries the gRPC status it maps to.
 
-The core raises these; only the wire adapters (``serve.services``) turn them into
+Everything below the wire adapters raises these; only ``serve.services.status`` turns them into
 ``context.abort(code, details)``, in one place. Anything that is not a ``TorchgrpcError`` is a bug
-and becomes INTERNAL.
+and becomes INTERNAL. The clients raise the same classes from a failed call's status.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "ArtifactError",
+    "BatchError",
+    "DeadlineExpired",
+    "FailedPrecondition",
     "ImageError",
     "InvalidArgument",
     "ModelNotFound",
@@ -17,7 +21,18 @@ __all__ = [
     "ServerUnavailable",
     "TorchgrpcError",
     "error_from_status",
+    "shortened",
 ]
+
+# Names chosen by clients are echoed in messages only this long: a message stays readable and
+# small whatever a client sends.
+_ECHO_LENGTH = 64
+
+
+def shortened(name: str) -> str:
+    """``name`` for an error message: at most ``_ECHO_LENGTH`` characters, quoted."""
+    text = name if len(name) <= _ECHO_LENGTH else name[: _ECHO_LENGTH - 1] + "…"
+    return repr(text)
 
 
 class TorchgrpcError(Exception):
@@ -46,7 +61,15 @@ class ImageError(InvalidArgument):
 
 
 class ModelNotFound(TorchgrpcError):
+    """No such model, or no such version of it."""
+
     status_code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(TorchgrpcError):
+    """The model can't serve this API: an image API on a model without an image input, say."""
+
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class ResourceExhausted(TorchgrpcError):
@@ -61,9 +84,32 @@ class ServerUnavailable(TorchgrpcError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExpired(TorchgrpcError):
+    """The request's deadline passed before its work was done; the work was dropped."""
+
+    status_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class BatchError(TorchgrpcError):
+    """The model failed on a batch; every request in it gets this, the server goes on."""
+
+
+class ArtifactError(TorchgrpcError):
+    """A model's files are missing or stale; the message names the command that fixes it."""
+
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 _BY_STATUS: dict[grpc.StatusCode, type[TorchgrpcError]] = {
     cls.status_code: cls
-    for cls in (InvalidArgument, ModelNotFound, ResourceExhausted, ServerUnavailable)
+    for cls in (
+        InvalidArgument,
+        ModelNotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        ServerUnavailable,
+        DeadlineExpired,
+    )
 }
 
 

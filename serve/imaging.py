@@ -1,41 +1,53 @@
 """Decode untrusted image bytes and turn them into the model's input tensor.
 
-Everything here runs on a worker thread, one image per call (Pillow releases the GIL while it
-decodes), never on the event loop. Every way an image can be bad becomes an ``ImageError`` naming
-its index, so one broken image fails its request with INVALID_ARGUMENT and never the server.
+Admission comes before work: ``open_image`` reads only an image's header (format and size) and
+refuses what the limits don't allow, so a request's images can all be checked, one by one and then
+against the request's pixel budget (``check_request_pixels``), before any of them is decoded.
+``decode_opened`` then does the expensive part: decode, apply the EXIF orientation, make RGB.
+
+Decoding runs on a worker thread, one image per call (Pillow releases the GIL while it decodes),
+never on the event loop. Every way an image can be bad becomes an ``ImageError`` naming its index,
+so one broken image fails its request with INVALID_ARGUMENT and never the server. Bad metadata is
+not a bad image: an unreadable EXIF block is ignored and the pixels are used as stored.
 
 Two pieces of Pillow's process-wide state are deliberately left alone: ``Image.MAX_IMAGE_PIXELS``
 (other code may share it) and the ``warnings`` filters, because ``warnings.catch_warnings`` swaps
 them globally and is not thread-safe: two pool threads entering and leaving it out of order can
 leave a filter installed for the whole process. Instead of catching Pillow's decompression-bomb
 warning, ``_open`` identifies the image without the check that emits it and applies our own limit.
+Pillow may still warn about a damaged EXIF block; what becomes of that is the process's choice.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import ExifTags, Image
 
 from export.manifest import Preprocessing
-from serve.errors import ImageError
+from serve.errors import ImageError, ResourceExhausted
 
 __all__ = [
     "DEFAULT_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_REQUEST_PIXELS",
     "ImageLimits",
+    "check_request_pixels",
     "decode_image",
+    "decode_opened",
     "load_image",
-    "preprocess",
+    "open_image",
 ]
 
 DEFAULT_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
 # 40 MP covers any camera photo; a decoded RGB image of that size is already 120 MB.
 DEFAULT_MAX_PIXELS = 40_000_000
+# Bounds the decoding one request can ask for: 2.5 images at the cap, or about eight 12 MP photos.
+DEFAULT_MAX_REQUEST_PIXELS = 100_000_000
 
 # JPEG's factory returns an MPO image for multi-picture files; both decode through libjpeg.
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
@@ -43,22 +55,47 @@ _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
 _PREFIX_LENGTH = 16
 # Pillow's own error text helps the caller, but it is not ours to send unbounded.
 _DETAIL_LENGTH = 120
+# EXIF orientation (how the stored pixels must be turned to stand upright) -> Pillow's transpose.
+_UPRIGHT: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Orientations that swap width and height.
+_SIDEWAYS = frozenset({5, 6, 7, 8})
+# Where Pillow keeps an orientation; dropped once applied, so nothing applies it twice.
+_ORIENTATION_INFO = ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif")
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What the server agrees to decode: a pixel cap checked before decoding, and the formats."""
+    """What the server agrees to decode: pixel caps checked before decoding, and the formats."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     allowed_formats: frozenset[str] = DEFAULT_FORMATS
     # Decode big JPEGs at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling), never below the target.
     draft: bool = True
+    # The sum of width x height over one request's images (see check_request_pixels).
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
+    # Turn images upright by their EXIF Orientation tag, as photo viewers do.
+    exif_transpose: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int):
-            raise TypeError(f"max_pixels must be an int, not {self.max_pixels!r}")
-        if self.max_pixels <= 0:
-            raise ValueError(f"max_pixels must be positive, not {self.max_pixels}")
+        for name in ("max_pixels", "max_request_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, not {value}")
+        if self.max_request_pixels < self.max_pixels:
+            raise ValueError(
+                f"max_request_pixels ({self.max_request_pixels:,}) must be at least max_pixels "
+                f"({self.max_pixels:,}), or a request of one allowed image could be refused"
+            )
         if isinstance(self.allowed_formats, str):
             raise TypeError("allowed_formats must be a set of format names, not one string")
         formats = frozenset(name.upper() for name in self.allowed_formats)
@@ -70,20 +107,47 @@ class ImageLimits:
         object.__setattr__(self, "allowed_formats", formats)
 
 
-def decode_image(
-    data: bytes, index: int, limits: ImageLimits, target: tuple[int, int] | None = None
-) -> Image.Image:
-    """Decode ``data`` into a loaded RGB image (first frame only), or raise ``ImageError``.
+def open_image(data: bytes, index: int, limits: ImageLimits) -> Image.Image:
+    """Identify ``data`` and parse its header, decoding nothing, or raise ``ImageError``.
 
-    ``target`` is the (width, height) the image will be resized to; with ``limits.draft`` a large
-    JPEG is then decoded at a reduced scale that is still at least that size.
+    Refuses formats outside ``limits.allowed_formats`` and images over ``limits.max_pixels``.
+    Cheap enough for admission; hand the result to ``decode_opened``.
     """
     if not data:
         raise ImageError(index, "is empty")
     image = _open(data, index, limits.allowed_formats)
     _check_size(image, index, limits.max_pixels)
+    return image
+
+
+def check_request_pixels(images: Sequence[Image.Image], budget: int) -> None:
+    """Raise ``ResourceExhausted`` when the opened ``images`` add up to over ``budget`` pixels.
+
+    The budget is normally ``ImageLimits.max_request_pixels``; sizes come from the headers, so call
+    this after ``open_image`` and before decoding anything.
+    """
+    total = sum(image.width * image.height for image in images)
+    if total > budget:
+        raise ResourceExhausted(
+            f"the request's images add up to {total:,} pixels, over the budget of {budget:,} "
+            "pixels per request: split them over smaller requests"
+        )
+
+
+def decode_opened(
+    image: Image.Image, index: int, limits: ImageLimits, target: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode an ``open_image`` result into an upright, loaded RGB image (first frame only).
+
+    ``target`` is the (width, height) the image will be resized to; with ``limits.draft`` a large
+    JPEG is then decoded at a reduced scale that is still at least that size once upright.
+    Raises ``ImageError`` for damaged pixel data; damaged EXIF is ignored.
+    """
+    upright = limits.exif_transpose
     try:
         if target is not None and limits.draft and image.format in _DRAFT_FORMATS:
+            if upright and _orientation(image) in _SIDEWAYS:
+                target = (target[1], target[0])
             image.draft("RGB", target)
         image.load()
     except MemoryError:
@@ -91,29 +155,15 @@ def decode_image(
     except Exception as exc:
         # Pillow's decoders report damage with a wide, undocumented range of exceptions.
         raise ImageError(index, f"is truncated or corrupt: {_detail(exc)}") from None
-    return _rgb_or_error(image, index)
+    rgb = _rgb_or_error(image, index)
+    return _turn_upright(rgb, _orientation(image)) if upright else rgb
 
 
-def preprocess(image: Image.Image, pre: Preprocessing) -> NDArray[np.float32]:
-    """Resize to ``pre``'s size, then return float32 CHW ``(rgb - mean) / std``.
-
-    Bit-for-bit the same as ``Image.resize`` followed by float32 arithmetic, which is what the
-    reference figures were computed with.
-    """
-    if 0.0 in pre.std:
-        raise ValueError(f"preprocessing std must be non-zero, not {pre.std}")
-    size = (pre.width, pre.height)
-    rgb = _to_rgb(image)
-    if rgb.size != size:
-        rgb = rgb.resize(size, _resample(pre.resize))
-    hwc = np.asarray(rgb)
-    mean = np.asarray(pre.mean, dtype=np.float32).reshape(3, 1, 1)
-    std = np.asarray(pre.std, dtype=np.float32).reshape(3, 1, 1)
-    # Read the HWC bytes through a transposed view and write the CHW result once, in place.
-    out = np.empty((3, pre.height, pre.width), dtype=np.float32)
-    np.subtract(hwc.transpose(2, 0, 1), mean, out=out)
-    np.divide(out, std, out=out)
-    return out
+def decode_image(
+    data: bytes, index: int, limits: ImageLimits, target: tuple[int, int] | None = None
+) -> Image.Image:
+    """``open_image`` then ``decode_opened``: bytes to an upright, loaded RGB image."""
+    return decode_opened(open_image(data, index, limits), index, limits, target)
 
 
 def load_image(
@@ -121,7 +171,7 @@ def load_image(
 ) -> NDArray[np.float32]:
     """Bytes to model input for one image: the unit of work the thread pool runs."""
     image = decode_image(data, index, limits, target=(pre.width, pre.height))
-    return preprocess(image, pre)
+    return pre.apply(image)
 
 
 def _openable_formats() -> frozenset[str]:
@@ -224,11 +274,26 @@ def _wide_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(eight.astype(np.uint8))
 
 
-def _resample(name: str) -> Image.Resampling:
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, 1 (as stored) when missing or unreadable: bad metadata never fails.
+
+    Pillow parses the EXIF block once per image and caches it; without one this is a few lookups.
+    """
     try:
-        return Image.Resampling[name.upper()]
-    except KeyError:
-        raise ValueError(f"unknown resize filter {name!r}") from None
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def _turn_upright(image: Image.Image, orientation: int) -> Image.Image:
+    method = _UPRIGHT.get(orientation)
+    if method is None:
+        return image
+    upright = image.transpose(method)
+    for key in _ORIENTATION_INFO:
+        upright.info.pop(key, None)
+    return upright
 
 
 def _detail(exc: BaseException) -> str:

@@ -26,6 +26,7 @@ from serve.core import InferenceCore
 from serve.models import load_model
 from serve.services import WireService
 from serve.services.classifier import ClassifierService
+from serve.services.kserve import KServeService
 from serve.services.tutorial import TutorialService
 
 __all__ = ["Server", "run", "write_atomically"]
@@ -43,6 +44,8 @@ class Server:
         self._core: InferenceCore | None = None
         self._health = health_aio.HealthServicer()
         self._stop_requested = asyncio.Event()
+        # Ready from the moment every model is loaded and the port is bound, until shutdown.
+        self._ready = False
 
     @property
     def core(self) -> InferenceCore:
@@ -62,7 +65,11 @@ class Server:
             model.batcher.start()
         self._core = InferenceCore(models)
         self._grpc = grpc.aio.server(options=self._grpc_options())
-        services: list[WireService] = [TutorialService(self._core), ClassifierService(self._core)]
+        services: list[WireService] = [
+            TutorialService(self._core),
+            ClassifierService(self._core),
+            KServeService(self._core, self.is_ready),
+        ]
         for service in services:
             service.register(self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -79,11 +86,16 @@ class Server:
         await self._grpc.start()
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ready = True
         self._announce()
+
+    def is_ready(self) -> bool:
+        return self._ready
 
     async def stop(self) -> None:
         """NOT_SERVING first (probes steer traffic away), then stop accepting and drain within the
         grace period, then unload the models. Safe after a failed or partial start."""
+        self._ready = False
         if self._grpc is not None:
             await self._health.enter_graceful_shutdown()
             await self._grpc.stop(self.config.grace_seconds)

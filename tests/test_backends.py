@@ -12,7 +12,7 @@ import pytest
 from export.manifest import ONNX_NAME
 from export.pipeline import ExportResult, sample_batch
 from export.zoo import get_spec
-from serve.backends import BACKENDS, ArtifactError, load_backend, load_manifest
+from serve.backends import BACKENDS, ArtifactError, load_backend, load_manifest, run_single
 from serve.imaging import ImageLimits, load_image
 from tests.conftest import IMAGES, TEST_ARTIFACTS, modules_loaded_by
 
@@ -33,7 +33,7 @@ def test_three_backends_same_top1_on_the_example_images(
     model = exported.manifest.model
     batch = np.concatenate([images_batch(model), sample_batch(get_spec(model))])
     logits = {
-        kind: load_backend(kind, TEST_ARTIFACTS, exported.manifest, 2).run(batch)
+        kind: run_single(load_backend(kind, TEST_ARTIFACTS, exported.manifest, 2), batch)
         for kind in BACKENDS
     }
     top1 = {kind: out.argmax(axis=1).tolist() for kind, out in logits.items()}

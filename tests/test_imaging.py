@@ -1,4 +1,7 @@
-"""serve.imaging: every bad image becomes an ImageError; good ones match the reference exactly."""
+"""serve.imaging: every bad image becomes an ImageError; good ones match the reference exactly.
+
+Also ``Preprocessing.apply`` (export.manifest), the pixel arithmetic the server shares with export.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from PIL import Image, ImageFile
+from PIL import ExifTags, Image, ImageFile, ImageOps
 
 from export.manifest import Preprocessing
-from serve.errors import ImageError
+from serve.errors import ImageError, ResourceExhausted
 from serve.imaging import (
     DEFAULT_FORMATS,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
     ImageLimits,
+    check_request_pixels,
     decode_image,
+    decode_opened,
     load_image,
-    preprocess,
+    open_image,
 )
 
 IMAGES = Path(__file__).resolve().parent / "images"
@@ -294,7 +300,7 @@ def test_float_nan_is_black_without_a_warning() -> None:
 def test_matches_reference_exactly(name: str) -> None:
     data = (IMAGES / name).read_bytes()
     expected = reference(IMAGES / name, LITE0)
-    without_draft = preprocess(decode_image(data, 0, ImageLimits(draft=False)), LITE0)
+    without_draft = LITE0.apply(decode_image(data, 0, ImageLimits(draft=False)))
     assert np.array_equal(without_draft, expected)
     # These photos are under twice the target size, so draft mode must not touch them.
     assert np.array_equal(load_image(data, 0, LIMITS, LITE0), expected)
@@ -304,20 +310,39 @@ def test_preprocess_matches_reference_for_uneven_mean_and_std() -> None:
     pre = Preprocessing(224, 224, (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
     with Image.open(IMAGES / "cat.jpg") as image:
         rgb = image.convert("RGB")
-    assert np.array_equal(preprocess(rgb, pre), reference(IMAGES / "cat.jpg", pre))
+    assert np.array_equal(pre.apply(rgb), reference(IMAGES / "cat.jpg", pre))
 
 
 def test_preprocess_at_target_size_skips_resize() -> None:
     image = Image.new("RGB", (4, 4), (120, 110, 100))
-    assert np.array_equal(preprocess(image, SKEWED), np.zeros((3, 4, 4), np.float32))
+    assert np.array_equal(SKEWED.apply(image), np.zeros((3, 4, 4), np.float32))
 
 
-def test_preprocess_rejects_bad_configuration() -> None:
-    image = Image.new("RGB", (8, 8))
-    with pytest.raises(ValueError, match="unknown resize filter"):
-        preprocess(image, Preprocessing(4, 4, (0.0,) * 3, (1.0,) * 3, resize="sideways"))
-    with pytest.raises(ValueError, match="non-zero"):
-        preprocess(image, Preprocessing(4, 4, (0.0,) * 3, (1.0, 0.0, 1.0)))
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"resize": "sideways"}, "unknown resize filter 'sideways'"),
+        ({"std": (1.0, 0.0, 1.0)}, "non-zero"),
+        ({"height": 0}, "positive"),
+        ({"width": -4}, "positive"),
+    ],
+)
+def test_preprocessing_is_checked_when_constructed(kwargs: dict[str, object], match: str) -> None:
+    fields: dict[str, object] = {
+        "height": 4,
+        "width": 4,
+        "mean": (0.0,) * 3,
+        "std": (1.0,) * 3,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=match):
+        Preprocessing(**fields)  # type: ignore[arg-type]
+
+
+def test_preprocessing_needs_rgb() -> None:
+    # Converting other modes is the decoder's job (see _to_rgb), never silently redone here.
+    with pytest.raises(ValueError, match="needs an RGB image, not mode L"):
+        SKEWED.apply(Image.new("L", (4, 4)))
 
 
 def test_draft_decodes_large_jpeg_smaller_but_not_below_target() -> None:
@@ -367,6 +392,213 @@ def test_concurrent_decoding_matches_serial() -> None:
     assert serial[3] == "image 3: is empty"
 
 
+# --- admission: open the header, check the request, decode later ----------------------------
+
+
+def test_open_image_reads_the_header_only() -> None:
+    data = (IMAGES / "cat.png").read_bytes()
+    # Half the pixel data is missing, which only decoding can notice.
+    opened = open_image(data[: len(data) // 2], 3, LIMITS)
+    assert (opened.format, opened.size) == ("PNG", (451, 300))
+    with pytest.raises(ImageError, match=r"^image 3: is truncated or corrupt"):
+        decode_opened(opened, 3, LIMITS)
+
+
+def test_open_then_decode_is_decode_image() -> None:
+    data = (IMAGES / "cat.jpg").read_bytes()
+    opened = open_image(data, 0, LIMITS)
+    decoded = decode_opened(opened, 0, LIMITS, target=(224, 224))
+    assert decoded.mode == "RGB"
+    assert np.array_equal(np.asarray(decoded), np.asarray(decode_image(data, 0, LIMITS)))
+
+
+def test_open_image_refuses_a_huge_header_at_once() -> None:
+    data = png_claiming(100_000, 100_000)
+    started = time.perf_counter()
+    with pytest.raises(ImageError) as caught:
+        open_image(data, 2, LIMITS)
+    # Decoding would need 30 GB; a header check takes well under a millisecond.
+    assert time.perf_counter() - started < 0.25
+    assert caught.value.message == (
+        "image 2: is 100000x100000 = 10,000,000,000 pixels, over the limit of 40,000,000 pixels"
+    )
+
+
+def test_open_image_refuses_a_disallowed_format_by_its_magic_bytes() -> None:
+    # A WebP signature over garbage: had the WebP parser run, it would report damage instead.
+    data = b"RIFF\x00\x01\x00\x00WEBPVP8 " + bytes(range(256)) * 4
+    limits = ImageLimits(allowed_formats=frozenset({"PNG", "JPEG"}))
+    with pytest.raises(ImageError) as caught:
+        open_image(data, 1, limits)
+    assert caught.value.reason == "format WEBP is not allowed (allowed: JPEG, PNG)"
+
+
+def test_open_image_refuses_empty_bytes() -> None:
+    with pytest.raises(ImageError, match=r"^image 4: is empty$"):
+        open_image(b"", 4, LIMITS)
+
+
+def opened_sizes(*sizes: tuple[int, int]) -> list[Image.Image]:
+    return [
+        open_image(encode(Image.new("RGB", size), "PNG"), i, LIMITS) for i, size in enumerate(sizes)
+    ]
+
+
+def test_request_pixels_up_to_the_budget_pass() -> None:
+    images = opened_sizes((100, 50), (30, 20), (1, 1))  # 5,000 + 600 + 1
+    check_request_pixels(images, 5_601)
+    check_request_pixels([], 1)
+
+
+def test_request_pixels_over_the_budget_are_refused() -> None:
+    images = opened_sizes((100, 50), (30, 20), (1, 1))
+    with pytest.raises(ResourceExhausted) as caught:
+        check_request_pixels(images, 5_600)
+    assert caught.value.message == (
+        "the request's images add up to 5,601 pixels, over the budget of 5,600 pixels per "
+        "request: split them over smaller requests"
+    )
+    assert caught.value.status_code.name == "RESOURCE_EXHAUSTED"
+
+
+def test_request_budget_counts_header_sizes_before_any_decoding() -> None:
+    # Each image is within the per-image cap; together they are not, and none was decoded.
+    side = 6_000
+    images = [open_image(png_claiming(side, side), i, LIMITS) for i in range(3)]
+    with pytest.raises(
+        ResourceExhausted, match="108,000,000 pixels, over the budget of 100,000,000"
+    ):
+        check_request_pixels(images, LIMITS.max_request_pixels)
+
+
+# --- EXIF orientation ------------------------------------------------------------------------
+
+
+def shown(stored: NDArray[np.uint8], orientation: int) -> NDArray[np.uint8]:
+    """What a viewer shows for ``stored`` pixels tagged ``orientation``, from the EXIF/TIFF spec
+    (which sides of the picture the stored 0th row and 0th column are), written with numpy."""
+    upright: dict[int, Callable[[NDArray[np.uint8]], NDArray[np.uint8]]] = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],  # row 0 top, column 0 right: mirrored
+        3: lambda a: a[::-1, ::-1],  # row 0 bottom, column 0 right: upside down
+        4: lambda a: a[::-1, :],  # row 0 bottom, column 0 left
+        5: lambda a: a.transpose(1, 0, 2),  # row 0 left, column 0 top
+        6: lambda a: np.rot90(a, k=-1),  # row 0 right, column 0 top: turn clockwise
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # row 0 right, column 0 bottom
+        8: lambda a: np.rot90(a, k=1),  # row 0 left, column 0 bottom: turn anticlockwise
+    }
+    return np.ascontiguousarray(upright[orientation](stored))
+
+
+def exif_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return exif.tobytes()
+
+
+def cat_rgb() -> Image.Image:
+    with Image.open(IMAGES / "cat.png") as image:
+        return image.convert("RGB")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    stored = cat_rgb()
+    # PNG with an eXIf chunk: lossless, so the comparison is exact.
+    data = encode(stored, "PNG", exif=exif_orientation(orientation))
+    decoded = decode_image(data, 0, LIMITS)
+    expected = shown(np.asarray(stored), orientation)
+    assert np.array_equal(np.asarray(decoded), expected)
+    assert decoded.size == (expected.shape[1], expected.shape[0])
+    # The orientation was used up: applying it again changes nothing.
+    assert np.array_equal(np.asarray(ImageOps.exif_transpose(decoded)), expected)
+    # Turned off, the pixels stay as stored.
+    raw = decode_image(data, 0, ImageLimits(exif_transpose=False))
+    assert np.array_equal(np.asarray(raw), np.asarray(stored))
+
+
+def test_photo_taken_in_portrait_is_classified_upright() -> None:
+    # A phone held upright stores the picture turned anticlockwise and tags it 6 (turn clockwise).
+    upright = cat_rgb()
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    data = encode(stored, "JPEG", quality=95, exif=exif_orientation(6))
+    tensor = load_image(data, 0, LIMITS, LITE0)
+    expected = LITE0.apply(upright)
+    assert float(np.abs(tensor - expected).mean()) < 0.02
+    sideways = load_image(data, 0, ImageLimits(exif_transpose=False), LITE0)
+    assert float(np.abs(sideways - expected).mean()) > 0.1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_with_jpeg_draft(orientation: int) -> None:
+    with Image.open(io.BytesIO(big_jpeg())) as image:
+        data = encode(image, "JPEG", quality=90, exif=exif_orientation(orientation))
+    raw = decode_image(data, 0, ImageLimits(exif_transpose=False), target=(224, 224))
+    decoded = decode_image(data, 0, LIMITS, target=(224, 224))
+    assert raw.size == (400, 267)
+    # The same drafted decode, then only turned: exactly equal.
+    assert np.array_equal(np.asarray(decoded), shown(np.asarray(raw), orientation))
+
+
+def test_draft_aims_at_the_target_once_upright() -> None:
+    with Image.open(io.BytesIO(big_jpeg())) as image:
+        data = encode(image, "JPEG", quality=90, exif=exif_orientation(6))
+    # Upright the photo is 1067x1600; to be at least 400 wide it can only be halved, although
+    # 1/4 scale (267x400 upright) would have satisfied the target read the stored way round.
+    assert decode_image(data, 0, LIMITS, target=(400, 150)).size == (534, 800)
+    assert decode_image(data, 0, LIMITS, target=(150, 400)).size == (267, 400)
+
+
+def tiff_ifd(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """Little-endian EXIF: one IFD of (tag, type, count, 4-byte value) entries, and no next IFD."""
+    body = b"".join(struct.pack("<HHI", tag, kind, n) + value for tag, kind, n, value in entries)
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + body + struct.pack("<I", 0)
+
+
+SHORT, ASCII = 3, 2
+BROKEN_EXIF = {
+    "not TIFF": b"this is not an EXIF block at all",
+    "IFD past the end": b"II*\x00" + struct.pack("<I", 4_000),
+    # The next-IFD offset and the end of the orientation entry are missing.
+    "entry cut short": tiff_ifd((274, SHORT, 1, struct.pack("<HH", 6, 0)))[:-7],
+    "value out of range": tiff_ifd((274, SHORT, 1, struct.pack("<HH", 9, 0))),
+    "value zero": tiff_ifd((274, SHORT, 1, struct.pack("<HH", 0, 0))),
+    "value as text": tiff_ifd((274, ASCII, 2, b"6\x00\x00\x00")),
+    "value out of the block": tiff_ifd((274, SHORT, 8, struct.pack("<I", 60_000))),
+}
+
+
+def test_hand_written_exif_is_read() -> None:
+    # The broken blocks above are built the same way; intact, the orientation is applied.
+    data = encode(cat_rgb(), "PNG", exif=tiff_ifd((274, SHORT, 1, struct.pack("<HH", 6, 0))))
+    assert decode_image(data, 0, LIMITS).size == (300, 451)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("blob", BROKEN_EXIF.values(), ids=BROKEN_EXIF.keys())
+def test_broken_exif_is_ignored(blob: bytes, fmt: str) -> None:
+    stored = cat_rgb()
+    # JPEG carries EXIF in an APP1 segment that starts with this signature; PNG in eXIf as is.
+    exif = b"Exif\x00\x00" + blob if fmt == "JPEG" else blob
+    data = encode(stored, fmt, exif=exif)
+    # Pillow may warn about the damage: record the warnings as production would show them,
+    # instead of turning them into exceptions the way this test suite does.
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        decoded = decode_image(data, 0, LIMITS)
+        raw = decode_image(data, 0, ImageLimits(exif_transpose=False))
+    assert decoded.size == (451, 300)
+    assert np.array_equal(np.asarray(decoded), np.asarray(raw))
+    if fmt == "PNG":
+        assert np.array_equal(np.asarray(decoded), np.asarray(stored))
+
+
+def test_broken_exif_is_ignored_when_warnings_are_errors() -> None:
+    # This suite turns warnings into errors: a warning raised inside the EXIF parser is caught too.
+    data = encode(cat_rgb(), "PNG", exif=BROKEN_EXIF["entry cut short"])
+    assert decode_image(data, 0, LIMITS).size == (451, 300)
+
+
 # --- limits ----------------------------------------------------------------------------------
 
 
@@ -374,6 +606,8 @@ def test_limits_defaults_and_normalisation() -> None:
     assert LIMITS.max_pixels == DEFAULT_MAX_PIXELS
     assert LIMITS.allowed_formats == frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
     assert LIMITS.draft
+    assert LIMITS.exif_transpose
+    assert LIMITS.max_request_pixels == DEFAULT_MAX_REQUEST_PIXELS == 100_000_000
     assert ImageLimits(allowed_formats=frozenset({"png", "Jpeg"})).allowed_formats == {
         "PNG",
         "JPEG",
@@ -390,8 +624,22 @@ def test_limits_defaults_and_normalisation() -> None:
         ({"allowed_formats": frozenset()}, ValueError, "at least one"),
         ({"allowed_formats": frozenset({"PNG", "HEIC", "FOO"})}, ValueError, "FOO, HEIC"),
         ({"allowed_formats": "PNG"}, TypeError, "one string"),
+        ({"max_request_pixels": 0}, ValueError, "max_request_pixels must be positive"),
+        ({"max_request_pixels": 2.0e8}, TypeError, "max_request_pixels must be an int"),
+        ({"max_request_pixels": True}, TypeError, "max_request_pixels must be an int"),
+        (
+            {"max_pixels": 5_000, "max_request_pixels": 4_999},
+            ValueError,
+            r"max_request_pixels \(4,999\) must be at least max_pixels \(5,000\)",
+        ),
+        ({"max_pixels": 200_000_000}, ValueError, "must be at least max_pixels"),
     ],
 )
 def test_limits_validation(kwargs: dict[str, object], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         ImageLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_request_budget_may_equal_the_image_cap() -> None:
+    limits = ImageLimits(max_pixels=5_000, max_request_pixels=5_000)
+    assert (limits.max_pixels, limits.max_request_pixels) == (5_000, 5_000)

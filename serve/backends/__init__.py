@@ -6,11 +6,21 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from export.fingerprint import export_fingerprint
 from export.manifest import MANIFEST_VERSION, Manifest, modified_files, read_manifest
 from serve.backends.base import Backend
+from serve.errors import ArtifactError
 
-__all__ = ["BACKENDS", "ArtifactError", "Backend", "load_backend", "load_manifest"]
+__all__ = [
+    "BACKENDS",
+    "ArtifactError",
+    "Backend",
+    "load_backend",
+    "load_manifest",
+    "run_single",
+]
 
 BackendFactory = Callable[[Path, Manifest, int], Backend]
 
@@ -22,10 +32,6 @@ _IMPLEMENTATIONS = {
     "eager": ("serve.backends.eager", "EagerBackend"),
 }
 BACKENDS: tuple[str, ...] = tuple(_IMPLEMENTATIONS)
-
-
-class ArtifactError(Exception):
-    """The artifacts are missing or stale; the message names the make target that fixes it."""
 
 
 def load_manifest(artifacts: Path, model: str) -> Manifest:
@@ -57,3 +63,11 @@ def load_backend(kind: str, artifacts: Path, manifest: Manifest, threads: int) -
         raise ArtifactError(f"unknown backend {kind!r} (known: {', '.join(BACKENDS)})") from None
     factory: BackendFactory = getattr(importlib.import_module(module), name)
     return factory(artifacts / manifest.model, manifest, threads)
+
+
+def run_single(backend: Backend, batch: np.ndarray) -> np.ndarray:
+    """A single-input, single-output model (the bundled classifiers) on one array: for tools
+    that time the model alone."""
+    (tensor,) = backend.inputs
+    (output,) = backend.outputs
+    return backend.run({tensor.name: batch})[output.name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from torch import nn
 
 from export.manifest import WEIGHTS_NAME, Manifest
 from export.zoo import get_spec
-from serve.backends.torch_runtime import PinnedModule
+from serve.backends.torch_runtime import PinnedModule, manifest_specs
 
 __all__ = ["EagerBackend"]
 
@@ -24,7 +25,8 @@ class EagerBackend:
             state = torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
             return get_spec(manifest.model).build_with(state)
 
-        self._module = PinnedModule(load, threads)
+        self.inputs, self.outputs = manifest_specs(manifest)
+        self._module = PinnedModule(load, threads, self.inputs, self.outputs)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._module.run(batch)
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._module.run(inputs)

@@ -1,15 +1,52 @@
-"""ONNX Runtime on the CPU: the fastest backend on this kind of machine for both bundled models."""
+"""ONNX Runtime on the CPU: the fastest backend on this kind of machine for both bundled models.
+
+The signature comes from the session itself: input and output names, element types and shapes
+(symbolic dimensions are variable).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
 
 from export.manifest import ONNX_NAME, Manifest
+from serve.errors import ArtifactError
+from serve.tensors import VARIABLE, TensorSpec
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["OnnxRuntimeBackend", "tensor_specs"]
+
+# ONNX element types, as ONNX Runtime names them, to the protocol's datatypes.
+_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def tensor_specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
+    """ONNX Runtime's NodeArgs as TensorSpecs; refuses element types the protocol can't carry."""
+    specs = []
+    for arg in args:
+        datatype = _DATATYPES.get(arg.type)
+        if datatype is None:
+            raise ArtifactError(f"ONNX tensor {arg.name!r} has type {arg.type}, not servable")
+        shape = tuple(d if isinstance(d, int) and d >= 0 else VARIABLE for d in arg.shape)
+        specs.append(TensorSpec(arg.name, datatype, shape))
+    return tuple(specs)
 
 
 class OnnxRuntimeBackend:
@@ -34,8 +71,10 @@ class OnnxRuntimeBackend:
         self._session = onnxruntime.InferenceSession(
             str(folder / ONNX_NAME), options, providers=["CPUExecutionProvider"]
         )
-        self._input = self._session.get_inputs()[0].name
+        self.inputs = tensor_specs(self._session.get_inputs())
+        self.outputs = tensor_specs(self._session.get_outputs())
+        self._output_names = [spec.name for spec in self.outputs]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        logits: np.ndarray = self._session.run(None, {self._input: batch})[0]
-        return logits
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = self._session.run(self._output_names, dict(inputs))
+        return dict(zip(self._output_names, results, strict=True))

@@ -5,13 +5,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-__all__ = ["PinnedModule"]
+from export.manifest import Manifest
+from serve.tensors import VARIABLE, TensorSpec
+
+__all__ = ["PinnedModule", "manifest_specs"]
+
+# The tensor names the export stage gives the bundled models (export.convert).
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -20,7 +27,14 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 1024 * 1024 * 1024
 
-TorchModule = Callable[[torch.Tensor], torch.Tensor]
+TorchModule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
+
+
+def manifest_specs(manifest: Manifest) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """A bundled model's inputs and outputs: PyTorch files don't record them, the manifest does."""
+    image = TensorSpec(INPUT_NAME, "FP32", (VARIABLE, *manifest.input_shape))
+    logits = TensorSpec(OUTPUT_NAME, "FP32", (VARIABLE, len(manifest.labels)))
+    return (image,), (logits,)
 
 
 class PinnedModule:
@@ -32,9 +46,17 @@ class PinnedModule:
     ``run`` may be called from any thread; the work always happens on this one.
     """
 
-    def __init__(self, load: Callable[[], TorchModule], threads: int) -> None:
+    def __init__(
+        self,
+        load: Callable[[], TorchModule],
+        threads: int,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+    ) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
         self._module = self._thread.submit(self._setup, load, threads).result()
+        self.inputs = inputs
+        self.outputs = outputs
 
     @staticmethod
     def _setup(load: Callable[[], TorchModule], threads: int) -> TorchModule:
@@ -43,13 +65,25 @@ class PinnedModule:
         _keep_freed_memory_mapped()
         return load()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._thread.submit(self._forward, batch).result()
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._thread.submit(self._forward, inputs).result()
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Positional, in the signature's order: TorchScript and eager modules take no names.
+        # A tensor that arrived as read-only wire bytes is copied: PyTorch wants writable memory.
+        arguments = [
+            torch.from_numpy(array if array.flags.writeable else array.copy())
+            for array in (inputs[spec.name] for spec in self.inputs)
+        ]
         with torch.inference_mode():
-            logits: np.ndarray = self._module(torch.from_numpy(batch)).numpy()
-        return logits
+            results = self._module(*arguments)
+        if isinstance(results, torch.Tensor):
+            results = (results,)
+        if len(results) != len(self.outputs):
+            raise RuntimeError(
+                f"the module returned {len(results)} outputs, not {len(self.outputs)}"
+            )
+        return {spec.name: t.numpy() for spec, t in zip(self.outputs, results, strict=True)}
 
 
 @functools.cache

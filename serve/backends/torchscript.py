@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from export.manifest import TORCHSCRIPT_NAME, Manifest
-from serve.backends.torch_runtime import PinnedModule
+from serve.backends.torch_runtime import PinnedModule, manifest_specs
 
 __all__ = ["TorchScriptBackend"]
 
@@ -31,7 +32,8 @@ class TorchScriptBackend:
                     module = torch.jit.optimize_for_inference(module)
             return module
 
-        self._module = PinnedModule(load, threads)
+        self.inputs, self.outputs = manifest_specs(manifest)
+        self._module = PinnedModule(load, threads, self.inputs, self.outputs)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._module.run(batch)
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._module.run(inputs)

@@ -15,9 +15,9 @@ from typing import Any, Protocol, Self
 import grpc
 
 from serve.errors import TorchgrpcError, error_from_status
+from serve.fronts.classification import Label
 from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
 from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
-from serve.postprocess import Label
 
 __all__ = ["DEFAULT_SERVER", "AsyncClient", "Client", "ImageInput", "Result"]
 

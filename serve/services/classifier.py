@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
+from serve.batching import Call
 from serve.core import InferenceCore
+from serve.fronts.classification import Label
 from serve.models import ModelInfo
 from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
 from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
-from serve.postprocess import Label
-from serve.services.status import Context, deadline_of, rpc_errors, status_of
+from serve.services.status import Context, call_of, rpc_errors, status_of
+from serve.services.streaming import serve_stream
 
 __all__ = ["ClassifierService"]
-
-# Per stream, at most this many images are in flight; beyond it the server stops reading, and
-# HTTP/2 flow control slows the client down instead of memory growing.
-STREAM_WINDOW = 64
 
 
 class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
@@ -33,7 +30,7 @@ class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
     @rpc_errors
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
         model, results = await self._core.classify(
-            request.images, top_k=request.top_k, model=request.model, deadline=deadline_of(context)
+            request.images, top_k=request.top_k, model=request.model, call=call_of(context)
         )
         return pb.ClassifyResponse(
             classifications=[_classification(labels) for labels in results], model=model
@@ -43,39 +40,16 @@ class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
         self,
         requests: AsyncIterator[pb.ClassifyStreamRequest],
         context: Context,
-    ) -> AsyncIterator[pb.ClassifyStreamResponse]:
-        """Classifies items concurrently and yields each as soon as it is done."""
-        done: asyncio.Queue[pb.ClassifyStreamResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
-        deadline = deadline_of(context)
-
-        async def classify_one(item: pb.ClassifyStreamRequest) -> None:
-            try:
-                await done.put(await self._classify_item(item, deadline))
-            finally:
-                window.release()
-
-        async def read_all() -> None:
-            async with asyncio.TaskGroup() as group:
-                async for item in requests:
-                    await window.acquire()
-                    group.create_task(classify_one(item))
-            await done.put(None)
-
-        reader = asyncio.create_task(read_all())
-        try:
-            while (response := await done.get()) is not None:
-                yield response
-            await reader
-        finally:
-            reader.cancel()
+    ) -> None:
+        """Classifies items concurrently and writes each result as soon as it is done."""
+        await serve_stream(requests, context, self._classify_item)
 
     async def _classify_item(
-        self, item: pb.ClassifyStreamRequest, deadline: float | None
+        self, item: pb.ClassifyStreamRequest, call: Call
     ) -> pb.ClassifyStreamResponse:
         try:
             _, results = await self._core.classify(
-                [item.image], top_k=item.top_k, model=item.model, deadline=deadline
+                [item.image], top_k=item.top_k, model=item.model, call=call
             )
         except Exception as error:
             code, message = status_of(error)

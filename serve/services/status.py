@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from serve.batching import Call
 from serve.errors import TorchgrpcError
 
-__all__ = ["Context", "deadline_of", "rpc_errors", "status_of"]
+__all__ = ["Context", "call_of", "deadline_of", "rpc_errors", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +55,8 @@ def deadline_of(context: Context) -> float | None:
     """The client's deadline on the ``time.monotonic()`` clock, or None when it set none."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+def call_of(context: Context) -> Call:
+    """A unary call: its deadline, and RESOURCE_EXHAUSTED at once when the queue is full."""
+    return Call(deadline_of(context))

@@ -6,7 +6,7 @@ import grpc
 
 from serve.core import InferenceCore
 from serve.pb import inference_pb2, inference_pb2_grpc
-from serve.services.status import Context, deadline_of, rpc_errors
+from serve.services.status import Context, call_of, rpc_errors
 
 __all__ = ["TutorialService"]
 
@@ -24,5 +24,5 @@ class TutorialService(inference_pb2_grpc.InferenceServerServicer):  # type: igno
     async def inference(
         self, request: inference_pb2.InferenceRequest, context: Context
     ) -> inference_pb2.InferenceReply:
-        predictions = await self._core.predict(request.image, deadline=deadline_of(context))
+        predictions = await self._core.predict(request.image, call=call_of(context))
         return inference_pb2.InferenceReply(pred=predictions)
