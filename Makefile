@@ -58,9 +58,28 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory tritonclient-test
+
+# NVIDIA's tritonclient needs protobuf<7 and registers the same inference.* protobuf symbols as
+# serve/pb, so its compatibility suite has a virtualenv of its own, rebuilt when its list changes.
+TRITON_VENV ?= .venv-tritonclient
+TRITON_REQUIREMENTS := tests/tritonclient/requirements.txt
+
+$(TRITON_VENV)/.installed: $(TRITON_REQUIREMENTS)
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r $(TRITON_REQUIREMENTS)
+	touch $@
+
+# tritonclient against a server it starts from $(VENV). --confcutdir keeps tests/conftest.py
+# (torch, serve/pb) out; pyproject's pytest settings (warnings are errors, asyncio) still apply.
+.PHONY: tritonclient-test
+tritonclient-test: venv $(TRITON_VENV)/.installed
+	TORCHGRPC_SERVER_PYTHON=$(abspath $(PY)) $(TRITON_VENV)/bin/python -m pytest tests/tritonclient \
+		-p no:cacheprovider --confcutdir=tests/tritonclient
 
 clean:
-	rm -rf $(VENV) artifacts/*/ .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TRITON_VENV) artifacts/*/ .mypy_cache .ruff_cache .pytest_cache
 
 bench: venv artifacts/$(MODEL)/manifest.json
 	$(PY) -m benchmarks.bench --start --model $(MODEL) --backend $(BACKEND) $(ARGS)

@@ -14,8 +14,9 @@ What h2load can and cannot see of a gRPC call:
   by one, from the ``grpc-status`` lines it prints: an unknown method (12, UNIMPLEMENTED), a
   request the server rejects (3, INVALID_ARGUMENT), a full queue (8, RESOURCE_EXHAUSTED)... Every
   failure of a unary call is trailers-only unless the server sent its headers first.
-- It cannot see a status sent in trailers after the response headers (h2load 1.52 prints no
-  trailers), nor what the reply says: a wrong answer with status OK is a success.
+- It cannot see a status sent in trailers after the response headers (Debian 12's h2load, 1.52,
+  prints no trailers; where a later one does, their non-zero statuses are counted too), nor what
+  the reply says: a wrong answer with status OK is a success.
 - It cannot tell which logged request was a gRPC failure, so ``latencies`` hold every request
   that ended in HTTP 2xx, failures included; ``errors`` and ``images`` do leave them out.
 - Transport failures (a reset stream, a non-2xx status from a proxy) are h2load's own ``failed``.

@@ -109,8 +109,9 @@ def _phase(load: str, result: LoadResult, cpu: float) -> CpuPhase:
                     result.percentile_ms(50))  # fmt: skip
 
 
-async def _paced(address: str, pid: int, image: bytes, rate: float, seconds: float,
-                 warm_up: float) -> CpuPhase:  # fmt: skip
+async def _paced(
+    address: str, pid: int, image: bytes, rate: float, seconds: float, warm_up: float
+) -> CpuPhase:
     async with grpc.aio.insecure_channel(address) as channel:
         send = sender("tutorial", channel, [image])
         # Already at the rate when measuring starts: the warm-up ends one interval after its
@@ -121,8 +122,9 @@ async def _paced(address: str, pid: int, image: bytes, rate: float, seconds: flo
         return _phase(f"{rate:g}/s", result, cpu_seconds(pid) - before)
 
 
-async def _saturated(address: str, pid: int, image: bytes, concurrency: int, seconds: float,
-                     warm_up: float) -> CpuPhase:  # fmt: skip
+async def _saturated(
+    address: str, pid: int, image: bytes, concurrency: int, seconds: float, warm_up: float
+) -> CpuPhase:
     async with grpc.aio.insecure_channel(address) as channel:
         send = sender("tutorial", channel, [image])
         await closed_loop(send, concurrency, duration=warm_up)
@@ -131,15 +133,29 @@ async def _saturated(address: str, pid: int, image: bytes, concurrency: int, sec
         return _phase(f"c{concurrency}", result, cpu_seconds(pid) - before)
 
 
-def measure_rate(address: str, pid: int, image: bytes, rate: float, *, seconds: float = 15.0,
-                 warm_up: float = 1.0) -> CpuPhase:  # fmt: skip
+def measure_rate(
+    address: str,
+    pid: int,
+    image: bytes,
+    rate: float,
+    *,
+    seconds: float = 15.0,
+    warm_up: float = 1.0,
+) -> CpuPhase:
     """``rate`` single-image requests a second (open loop) for ``seconds``, after ``warm_up``
     seconds at the same rate, and the CPU time server process ``pid`` spent meanwhile."""
     return asyncio.run(_paced(address, pid, image, rate, seconds, warm_up))
 
 
-def measure_saturation(address: str, pid: int, image: bytes, *, concurrency: int = 32,
-                       seconds: float = 10.0, warm_up: float = WARM_UP_SECONDS) -> CpuPhase:  # fmt: skip
+def measure_saturation(
+    address: str,
+    pid: int,
+    image: bytes,
+    *,
+    concurrency: int = 32,
+    seconds: float = 10.0,
+    warm_up: float = WARM_UP_SECONDS,
+) -> CpuPhase:
     """``concurrency`` clients each sending single-image requests back to back, and the CPU time
     server process ``pid`` spent meanwhile."""
     return asyncio.run(_saturated(address, pid, image, concurrency, seconds, warm_up))

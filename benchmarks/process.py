@@ -29,9 +29,13 @@ class ServerProcess:
         module: str = "serve",
         timeout: float = 300.0,
         cwd: Path | None = None,
+        python: str | None = None,
     ) -> None:
-        """``cwd``: the checkout whose code to run (default: this one)."""
+        """``cwd``: the checkout whose code to run (default: this one); ``python``: the
+        interpreter that runs it (default: this one; another virtualenv's, for clients that
+        can't share ours)."""
         self._arguments = list(arguments)
+        self._python = python or sys.executable
         self._module = module
         self._cwd = cwd
         self._timeout = timeout
@@ -54,7 +58,7 @@ class ServerProcess:
 
     def __enter__(self) -> Self:
         started = time.perf_counter()
-        command = [sys.executable, "-m", self._module, "--port", "0", "--ready-file",
+        command = [self._python, "-m", self._module, "--port", "0", "--ready-file",
                    str(self._ready), *self._arguments]  # fmt: skip
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(

@@ -362,13 +362,13 @@ class Batcher:
                 else:
                     ran = loop.run_in_executor(executor, _run_batch, run, parts)
                 outputs, times = await ran
+                self._answer(batch, outputs, times)
             except Exception as exc:
-                # _run_batch turns model failures into BatchError; anything else is a failure
-                # too, and must not end this worker with its batch unanswered.
+                # _run_batch turns model failures into BatchError; anything else (outputs that
+                # can't be split back, say) is a failure too, and must not end this worker with
+                # its batch unanswered.
                 error = exc if isinstance(exc, BatchError) else BatchError(f"model failed: {exc}")
                 self._fail([chunk.request for chunk in batch], error)
-            else:
-                self._answer(batch, outputs, times)
             finally:
                 self._running -= 1
 
@@ -453,8 +453,10 @@ class Batcher:
     def _drop(self, chunk: _Chunk, now: float) -> None:
         request = chunk.request
         self.stats.dropped += 1
-        request.untaken -= chunk.rows
-        self._release(chunk.rows)
+        # A caller that gave up has released its places already (``infer``'s ``finally``).
+        held = min(chunk.rows, request.untaken)
+        request.untaken -= held
+        self._release(held)
         if not request.future.done():
             request.future.set_exception(DeadlineExpired("deadline exceeded while queued"))
 
@@ -497,6 +499,8 @@ def _run(model: RunBatch, inputs: Mapping[str, np.ndarray]) -> Tensors:
     rows = row_count(inputs)
     try:
         outputs = dict(model(inputs))
+        if not outputs:
+            raise RuntimeError("model returned no outputs")
         for name, array in outputs.items():
             if not isinstance(array, np.ndarray) or array.ndim == 0 or len(array) != rows:
                 got = len(array) if isinstance(array, np.ndarray) and array.ndim else "no"

@@ -89,7 +89,12 @@ class ServerConfig:
         AUTOMATIC, "most images run through the model at once; 0 = the backend's default"
     )
     max_queue_delay_ms: float = _setting(0.0, "wait up to this long for a fuller batch")
-    max_queue_size: int = _setting(1024, "most images queued per model; beyond: RESOURCE_EXHAUSTED")
+    max_queue_size: int = _setting(
+        256,
+        "most rows (images) per model admitted and not yet batched, those being decoded "
+        "included: bounds memory (a 224x224 image is 0.6 MB decoded); beyond it a request gets "
+        "RESOURCE_EXHAUSTED and a stream waits",
+    )
     instances: int = _setting(AUTOMATIC, "model instances per model; 0 = the backend's default")
     threads: int = _setting(AUTOMATIC, "intra-op threads per instance; 0 = the backend's default")
     decode_threads: int = _setting(AUTOMATIC, "threads decoding images; 0 = one per core")

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from serve.batching import Call
-from serve.errors import ModelNotFound, shortened
+from serve.errors import InvalidArgument, ModelNotFound, shortened
 from serve.fronts.classification import Label, check_k
 from serve.models import ModelInfo, ServedModel
 from serve.statistics import InferenceStatistics
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
 READY = "READY"
+_SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class InferenceCore:
     async def infer(self, request: InferRequest, call: Call) -> InferResponse:
         """KServe v2: named tensors in, the requested outputs (all by default) out."""
         served = self.model(request.model, request.version)
+        call = _with_request_parameters(call, request.parameters)
         wanted = request.outputs or tuple(RequestedOutput(s.name) for s in served.signature.outputs)
         for output in wanted:
             served.signature.output(output.name)
@@ -128,6 +130,24 @@ class InferenceCore:
     async def close(self) -> None:
         for model in self._models.values():
             await model.close()
+
+
+def _with_request_parameters(call: Call, parameters: Mapping[str, object]) -> Call:
+    """Triton's reserved request parameters: ``timeout`` (microseconds) shortens the deadline;
+    sequence parameters need a sequence model, which no model here is. Others are ignored, as
+    Triton ignores what it doesn't know (``priority`` among them: there is one queue)."""
+    sequence = any(parameters.get(name) for name in _SEQUENCE_PARAMETERS)
+    if sequence:
+        raise InvalidArgument("sequence parameters were given, but no model here is stateful")
+    timeout = parameters.get("timeout")
+    if timeout is None:
+        return call
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        raise InvalidArgument(f"parameter 'timeout' must be microseconds >= 0, not {timeout!r}")
+    deadline = time.monotonic() + timeout / 1e6
+    if call.deadline is not None:
+        deadline = min(deadline, call.deadline)
+    return replace(call, deadline=deadline)
 
 
 def _log_request(kind: str, served: ServedModel, rows: int, started: float) -> None:

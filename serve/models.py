@@ -100,10 +100,24 @@ class ServedModel:
         return tuple(s for s in self.signature.inputs if front is None or s.name != front.spec.name)
 
     async def infer(self, inputs: Sequence[Tensor], call: Call) -> Tensors:
-        """The model's outputs for named input tensors (encoded images in the image input)."""
+        """The model's outputs for named input tensors (or encoded images in the image input).
+
+        A request that carries both the images and the tensor is served from the tensor and
+        nothing is decoded: tools that fill every declared input (perf_analyzer's generated
+        data) then measure the model.
+        """
+        names = {spec.name for spec in self.signature.inputs}
+        unknown = [t.name for t in inputs if t.name not in names]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown input {shortened(unknown[0])} (inputs: {', '.join(sorted(names))})"
+            )
         front = self.image
-        if front is not None and any(t.name == front.spec.name for t in inputs):
-            return await self.infer_images(_encoded_images(inputs, front), call)
+        if front is not None:
+            encoded = [t for t in inputs if t.name == front.spec.name]
+            if encoded and len(encoded) == len(inputs):
+                return await self.infer_images(_encoded_images(encoded, front), call)
+            inputs = [t for t in inputs if t.name != front.spec.name]
         arrays = check_inputs(
             self.tensor_inputs, inputs, batching=self.signature.max_batch_size > 0
         )
@@ -135,10 +149,7 @@ class ServedModel:
 
 def _encoded_images(inputs: Sequence[Tensor], front: ImageFront) -> list[bytes]:
     if len(inputs) != 1:
-        names = ", ".join(shortened(t.name) for t in inputs)
-        raise InvalidArgument(
-            f"input {front.spec.name!r} (encoded images) goes alone; the request has {names}"
-        )
+        raise InvalidArgument(f"input {front.spec.name!r} is given {len(inputs)} times")
     tensor = inputs[0]
     if tensor.datatype != front.spec.datatype or len(tensor.shape) != 2 or tensor.shape[1] != 1:
         raise InvalidArgument(

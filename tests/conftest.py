@@ -30,6 +30,9 @@ CAT_JPG = IMAGES / "cat.jpg"
 CAT_PNG = IMAGES / "cat.png"
 COFFEE_JPG = IMAGES / "coffee.jpg"
 EGYPTIAN_CAT, ESPRESSO = 285, 967
+# tests/tritonclient runs in its own virtualenv (`make tritonclient-test`): tritonclient and
+# serve/pb register the same protobuf symbols, so this interpreter must not import it.
+collect_ignore = ["tritonclient"]
 
 
 class ServerThread:

@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from benchmarks.process import ServerProcess
 from export.pipeline import ExportResult
 from serve.pb import inference_pb2, inference_pb2_grpc
-from benchmarks.process import ServerProcess
 from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, TEST_ARTIFACTS, ServerThread
 
 
@@ -88,8 +88,8 @@ def test_workers_share_one_port(lite0_export: ExportResult, tmp_path: Path) -> N
 def test_benchmark_times_c1_in_slices_beside_the_in_process_run(
     server: ServerThread, lite0_export: ExportResult
 ) -> None:
-    from benchmarks.run import C1_SLICE_REQUESTS, c1_beside_in_process
     from benchmarks.ceiling import LoneImage
+    from benchmarks.run import C1_SLICE_REQUESTS, c1_beside_in_process
 
     image = CAT_JPG.read_bytes()
     lone = LoneImage("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
@@ -108,8 +108,8 @@ def test_benchmark_times_c1_in_slices_beside_the_in_process_run(
 def test_benchmark_measures_throughput_in_slices_beside_the_ceiling(
     server: ServerThread, lite0_export: ExportResult, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import benchmarks.run
     import benchmarks.bench
+    import benchmarks.run
     from benchmarks.ceiling import CeilingRunner
 
     monkeypatch.setattr(benchmarks.run, "THROUGHPUT_SLICE_SECONDS", 0.5)

@@ -42,7 +42,7 @@ class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
         context: Context,
     ) -> None:
         """Classifies items concurrently and writes each result as soon as it is done."""
-        await serve_stream(requests, context, self._classify_item)
+        await serve_stream(requests, context, self._classify_item, ordered=False)
 
     async def _classify_item(
         self, item: pb.ClassifyStreamRequest, call: Call

@@ -27,6 +27,8 @@ from serve.tensors import BYTES, TensorSpec
 __all__ = ["EXTENSIONS", "KServeService"]
 
 SERVER_NAME = "torchgrpc"
+# Triton's opt-in: a stream's first failure ends it with a real gRPC status.
+GRPC_ERROR_HEADER = "triton_grpc_error"
 # Exactly the extensions served here (perf_analyzer looks for "statistics").
 EXTENSIONS = ("classification", "model_configuration", "statistics")
 # The protocol's datatype names to ModelConfig's DataType enum (BYTES is TYPE_STRING there).
@@ -107,15 +109,33 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> None:
-        """Each request answered in its own response, carrying its id; a failed request gets
-        ``error_message`` and the stream goes on."""
-        await serve_stream(requests, context, self._stream_answer)
+        """Each request answered in its own response, in order, carrying its id; a failed request
+        gets ``error_message`` and the stream goes on, unless the client sent the header
+        ``triton_grpc_error: true``: then the first failure ends the stream with its status."""
+        metadata = dict(context.invocation_metadata() or ())
+        if metadata.get(GRPC_ERROR_HEADER, "").lower() != "true":
+            await serve_stream(requests, context, self._stream_answer, ordered=True)
+            return
+        try:
+            await serve_stream(requests, context, self._stream_answer_or_raise, ordered=True)
+        except Exception as error:
+            code, details = status_of(_first(error))
+        else:
+            return
+        await context.abort(code, details)
+
+    async def _stream_answer_or_raise(
+        self, request: pb.ModelInferRequest, call: Call
+    ) -> pb.ModelStreamInferResponse:
+        response = await self._core.infer(decode_request(request), call)
+        raw = bool(request.raw_input_contents)
+        return pb.ModelStreamInferResponse(infer_response=encode_response(response, raw=raw))
 
     async def _stream_answer(
         self, request: pb.ModelInferRequest, call: Call
     ) -> pb.ModelStreamInferResponse:
         try:
-            response = await self._core.infer(decode_request(request), call)
+            return await self._stream_answer_or_raise(request, call)
         except Exception as error:
             _, message = status_of(error)
             return pb.ModelStreamInferResponse(
@@ -125,8 +145,6 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                     id=request.id,
                 ),
             )  # fmt: skip
-        raw = bool(request.raw_input_contents)
-        return pb.ModelStreamInferResponse(infer_response=encode_response(response, raw=raw))
 
     @rpc_errors
     async def ModelConfig(
@@ -160,6 +178,13 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
                 for status in self._core.repository_index()
             ]
         )  # fmt: skip
+
+
+def _first(error: BaseException) -> Exception:
+    """The first real failure inside task-group wrapping."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error if isinstance(error, Exception) else RuntimeError(repr(error))
 
 
 def _unimplemented(what: str) -> Callable[..., object]:

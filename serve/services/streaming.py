@@ -1,22 +1,26 @@
 """Bidirectional streams with backpressure both ways, shared by every streaming API.
 
-Items are answered concurrently and each answer is written as soon as it is ready. Reading stops
-while the model's queue is full (an item is read only once the one before it holds its place in
-the queue), so HTTP/2 flow control slows a fast client down instead of its items failing. A slot
-of the stream's window is freed only once its answer has been written, so a client that doesn't
-read its answers holds at most ``STREAM_WINDOW`` of them in the server.
+Items are answered concurrently. Reading stops while the model's queue is full (an item is read
+only once the one before it holds its place in the queue), so HTTP/2 flow control slows a fast
+client down instead of its items failing. A slot of the stream's window is freed only once its
+answer has been written, so a client that doesn't read its answers holds at most
+``STREAM_WINDOW`` of them in the server. Answers are written in the items' order (``ordered``,
+as Triton's streams do) or each as soon as it is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TypeVar
 
 from serve.batching import Call
 from serve.services.status import Context, deadline_of
 
 __all__ = ["STREAM_WINDOW", "serve_stream"]
+
+log = logging.getLogger(__name__)
 
 STREAM_WINDOW = 64
 
@@ -27,16 +31,16 @@ Answer = TypeVar("Answer")
 async def serve_stream(
     items: AsyncIterator[Item],
     context: Context,
-    answer: Callable[[Item, Call], Awaitable[Answer]],
+    answer: Callable[[Item, Call], Coroutine[object, object, Answer]],
+    *,
+    ordered: bool,
 ) -> None:
-    """Answers every item of ``items`` with ``answer``, which must report an item's failure in
-    its answer rather than raise: one bad item never ends the stream."""
+    """Answers every item of ``items`` with ``answer``. An item's failure should be reported in
+    its answer: an exception from ``answer`` ends the stream, and reaches the caller."""
     window = asyncio.Semaphore(STREAM_WINDOW)
-    answers: asyncio.Queue[Answer | None] = asyncio.Queue()
+    # Ordered: each item's task, queued as it is read. Unordered: each task, once it is done.
+    answers: asyncio.Queue[asyncio.Task[Answer] | None] = asyncio.Queue()
     deadline = deadline_of(context)
-
-    async def answer_one(item: Item, call: Call) -> None:
-        await answers.put(await answer(item, call))
 
     async def read_all() -> None:
         async with asyncio.TaskGroup() as group:
@@ -44,21 +48,33 @@ async def serve_stream(
                 await window.acquire()
                 admitted = asyncio.Event()
                 call = Call(deadline, wait_for_room=True, admitted=admitted)
-                task = group.create_task(answer_one(item, call))
+                task: asyncio.Task[Answer] = group.create_task(answer(item, call))
+                if ordered:
+                    answers.put_nowait(task)
+                else:
+                    task.add_done_callback(answers.put_nowait)
                 await _either(admitted, task)
-        await answers.put(None)
+        answers.put_nowait(None)
 
     reader = asyncio.create_task(read_all())
     try:
-        while (response := await answers.get()) is not None:
-            await context.write(response)
+        while (task := await answers.get()) is not None:
+            response = await task
+            try:
+                await context.write(response)
+            except Exception as error:
+                # The call is over (the client cancelled or went away): nothing left to answer.
+                log.debug("stream ended while writing: %r", error)
+                return
             window.release()
         await reader
     finally:
         reader.cancel()
+        # Retrieves the reader's own failure (if any), so that it isn't reported twice.
+        await asyncio.gather(reader, return_exceptions=True)
 
 
-async def _either(admitted: asyncio.Event, task: asyncio.Task[None]) -> None:
+async def _either(admitted: asyncio.Event, task: asyncio.Task[Answer]) -> None:
     """Returns once the item holds its place in the queue, or is already done (or failed)."""
     if admitted.is_set() or task.done():
         return
