@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from export.manifest import MANIFEST_VERSION
 
-__all__ = ["ONNX_OPSET", "export_fingerprint", "library_versions"]
+__all__ = ["ONNX_OPSET", "export_fingerprint", "exporter_installed", "library_versions"]
 
 # Opset 17 is supported by every ONNX Runtime of the last years and has all ops these CNNs need.
 ONNX_OPSET = 17
@@ -23,7 +23,21 @@ _CODE = ("zoo/*.py", "convert.py")
 
 
 def library_versions() -> dict[str, str]:
-    return {name: version(name) for name in ("torch", "onnx", "onnxruntime")}
+    """The exporting libraries' versions; "absent" for one not installed (a serving-only
+    install: its exports were made elsewhere, and only their files' hashes can be checked)."""
+    return {name: _version(name) for name in ("torch", "onnx", "onnxruntime")}
+
+
+def exporter_installed() -> bool:
+    """Whether this install can export (and so tell whether an export is stale)."""
+    return "absent" not in library_versions().values()
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
 
 
 def export_fingerprint(model: str, weights_sha256: str) -> str:

@@ -13,7 +13,7 @@ from export.manifest import ONNX_NAME, TORCHSCRIPT_NAME, WEIGHTS_NAME, read_mani
 from export.pipeline import ExportResult, export_model
 from export.zoo import RANDOM, get_spec
 from export.zoo.spec import state_dict_sha256
-from tests.conftest import ROOT, TEST_ARTIFACTS
+from tests.conftest import ROOT, TEST_ARTIFACTS, modules_loaded_by
 
 
 def test_lite0_manifest_describes_the_export(lite0_export: ExportResult) -> None:
@@ -105,3 +105,9 @@ def test_export_command_reports_up_to_date(lite0_export: ExportResult) -> None:
         check=True,
     )
     assert done.stdout.startswith("efficientnet_lite0: up to date in ")
+
+
+def test_export_imports_nothing_of_the_server() -> None:
+    """Export and serve share only the entry format (export.manifest): the exporter runs where
+    no server code is, and the server's internals can change without touching it."""
+    assert modules_loaded_by("import export.__main__, export.pipeline", ["serve"]) == []

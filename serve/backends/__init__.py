@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.fingerprint import export_fingerprint
+from export.fingerprint import export_fingerprint, exporter_installed
 from export.manifest import MANIFEST_VERSION, Manifest, modified_files, read_manifest
 from serve.backends.base import Backend
 from serve.errors import ArtifactError
@@ -46,7 +46,10 @@ def load_manifest(artifacts: Path, model: str) -> Manifest:
         raise ArtifactError(f"{folder}/manifest.json is unreadable ({exc}): {fix}") from None
     if manifest.manifest_version != MANIFEST_VERSION or manifest.model != model:
         raise ArtifactError(f"{folder} was written by another version of the exporter: {fix}")
-    if manifest.fingerprint != export_fingerprint(model, manifest.weights_sha256):
+    # Where the exporter's libraries aren't installed (a serving-only install), what the export
+    # would write today can't be known: the files' hashes below are what can be checked.
+    stale = manifest.fingerprint != export_fingerprint(model, manifest.weights_sha256)
+    if stale and exporter_installed():
         raise ArtifactError(
             f"{folder} is stale: exported with other model code or library versions: {fix}"
         )
@@ -61,7 +64,14 @@ def load_backend(kind: str, artifacts: Path, manifest: Manifest, threads: int) -
         module, name = _IMPLEMENTATIONS[kind]
     except KeyError:
         raise ArtifactError(f"unknown backend {kind!r} (known: {', '.join(BACKENDS)})") from None
-    factory: BackendFactory = getattr(importlib.import_module(module), name)
+    try:
+        implementation = importlib.import_module(module)
+    except ImportError as error:
+        raise ArtifactError(
+            f"the {kind} backend needs {error.name or 'a missing package'}: "
+            "pip install 'torchgrpc[torch]', or serve with --backend onnxruntime"
+        ) from None
+    factory: BackendFactory = getattr(implementation, name)
     return factory(artifacts / manifest.model, manifest, threads)
 
 
