@@ -1,9 +1,12 @@
 """`python -m benchmarks.bench`: a closed-loop load generator for a torchgrpc server (`make bench`).
 
 Drives a running server (`--server HOST:PORT`) or one it starts itself (`--start`, with `--model`,
-`--backend` and `--workers`) through the tutorial API or the Classifier API. `--in-process` measures
-the ceiling instead: the same decode + pre-process + model work with no RPC. `--sweep 1,4,16,64`
-runs several concurrencies and writes latency-against-throughput as a PNG and the CSV behind it.
+`--backend` and `--workers`) through the tutorial API, the Classifier API or KServe v2's ModelInfer:
+`--api kserve` sends the encoded images as a BYTES tensor, `--api kserve-fp32` the pre-processed
+FP32 tensor (the server decodes nothing), both in raw form as tritonclient sends them.
+`--in-process` measures the ceiling instead: the same decode + pre-process + model work with no
+RPC. `--sweep 1,4,16,64` runs several concurrencies and writes latency-against-throughput as a PNG
+and the CSV behind it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import io
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.loadgen import LoadResult, SendOne, closed_loop
@@ -27,9 +33,12 @@ from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
 from serve.backends import BACKENDS
 from serve.config import DEFAULT_ARTIFACTS
 from serve.pb import inference_pb2, inference_pb2_grpc
+from serve.pb.kserve import grpc_service_pb2 as kserve_pb2
+from serve.pb.kserve import grpc_service_pb2_grpc as kserve_pb2_grpc
 from serve.pb.torchgrpc.v1 import classifier_pb2, classifier_pb2_grpc
+from serve.services.kserve_tensors import serialize_bytes_tensor
 
-__all__ = ["APIS", "main", "measure", "run_load", "sender"]
+__all__ = ["APIS", "kserve_request", "main", "measure", "run_load", "sender"]
 
 WARM_UP_SECONDS = 1.5
 
@@ -68,10 +77,70 @@ def _list_models(channel: grpc.aio.Channel, images: list[bytes], model: str) -> 
     return send
 
 
+KServeInput = tuple[kserve_pb2.ModelInferRequest.InferInputTensor, bytes]
+
+
+def _encoded_images(images: list[bytes], model: str) -> KServeInput:
+    """The input ``image``: BYTES [N, 1], one encoded image a row."""
+    rows = np.empty((len(images), 1), dtype=object)
+    rows[:, 0] = images
+    tensor = kserve_pb2.ModelInferRequest.InferInputTensor(
+        name="image", datatype="BYTES", shape=rows.shape
+    )
+    return tensor, serialize_bytes_tensor(rows)
+
+
+def _preprocessed_images(images: list[bytes], model: str) -> KServeInput:
+    """The input ``input``: FP32 [N, 3, H, W], the images already pre-processed as the model's
+    manifest says (its zoo entry's preprocessing, which export writes there)."""
+    from export.zoo import get_spec  # imports torch: only for the clients that need it
+
+    preprocessing = get_spec(model).preprocessing
+    batch = np.stack(
+        [preprocessing.apply(Image.open(io.BytesIO(data)).convert("RGB")) for data in images]
+    )
+    tensor = kserve_pb2.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=batch.shape
+    )
+    return tensor, batch.astype("<f4", copy=False).tobytes()
+
+
+# The KServe APIs, by the input tensor each sends.
+_KSERVE_INPUTS: dict[str, Callable[[list[bytes], str], KServeInput]] = {
+    "kserve": _encoded_images,
+    "kserve-fp32": _preprocessed_images,
+}
+
+
+def kserve_request(api: str, images: list[bytes], model: str = "") -> kserve_pb2.ModelInferRequest:
+    """What ``api`` ("kserve" or "kserve-fp32") sends to ModelInfer: ``images`` as one input
+    tensor in raw form, naming no output (the server answers with all of them); ``model`` ""
+    stands for ``DEFAULT_MODEL``."""
+    model = model or DEFAULT_MODEL
+    tensor, raw = _KSERVE_INPUTS[api](images, model)
+    return kserve_pb2.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[raw])
+
+
+def _kserve(api: str) -> Callable[[grpc.aio.Channel, list[bytes], str], SendOne]:
+    def kserve_sender(channel: grpc.aio.Channel, images: list[bytes], model: str) -> SendOne:
+        stub = kserve_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = kserve_request(api, images, model)  # pre-processed here, once, if at all
+
+        async def send() -> int:
+            reply = await stub.ModelInfer(request, timeout=120)
+            return int(reply.outputs[0].shape[0])  # the rows answered
+
+        return send
+
+    return kserve_sender
+
+
 APIS: dict[str, Callable[[grpc.aio.Channel, list[bytes], str], SendOne]] = {
     "tutorial": _tutorial,
     "classify": _classify,
     "list-models": _list_models,
+    "kserve": _kserve("kserve"),
+    "kserve-fp32": _kserve("kserve-fp32"),
 }
 
 

@@ -4,6 +4,11 @@ Measures, side by side on this machine, and writes benchmarks/RESULTS.md:
 - the in-process ceiling (decode + pre-process + model, no RPC) for EfficientNet-Lite0 and ResNet34;
 - torchgrpc over gRPC (one 451x300 JPEG per request, the tutorial API): concurrency 1 (p50),
   32 (images/s), 256 (no failures), and its memory before and after 20,000 requests;
+- the same c1 and c32 through the Classifier API and KServe v2 (the JPEG as a BYTES tensor, and
+  pre-processed as an FP32 tensor), and through h2load (benchmarks/h2load.py) for the tutorial API
+  and KServe BYTES, where it is installed;
+- the server's CPU time per request at 2 and 10 requests/s against saturation's
+  (benchmarks/idle_cpu.py);
 - the tutorial-design server (benchmarks/tutorial_server.py) at concurrency 32;
 - a bare grpc.aio server (benchmarks/bare_aio_server.py) at concurrency 1 and 32, with the
   in-process runs' threading: the floor that gRPC and the hand-offs to a thread set under any
@@ -12,7 +17,8 @@ Measures, side by side on this machine, and writes benchmarks/RESULTS.md:
 
 Each figure a target compares with an in-process one (c1 latency, c32 and ResNet34 c16
 throughput) is measured in slices alternating with it: this machine's speed drifts by more than
-the targets' margins within a minute.
+the targets' margins within a minute. Every API and client at c1 (and at c32) runs in the same
+slices, so they are compared with each other on the same machine, too.
 """
 
 from __future__ import annotations
@@ -21,19 +27,25 @@ import argparse
 import asyncio
 import os
 import platform
+import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import onnxruntime
 import torch
 
 import benchmarks.bench
-from benchmarks.bench import measure
+from benchmarks import h2load
+from benchmarks.bench import kserve_request, measure
 from benchmarks.ceiling import CeilingRunner, LoneImage
 from benchmarks.draft import measure_draft
+from benchmarks.idle_cpu import IdleCpu, measure_idle_cpu
 from benchmarks.loadgen import LoadResult, SendOne, closed_loop
 from benchmarks.process import ServerProcess
 from export.catalog import SAMPLE_IMAGES
@@ -45,6 +57,21 @@ from serve.pb import inference_pb2, inference_pb2_grpc
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 IMAGE = SAMPLE_IMAGES / "cat.jpg"
+# The APIs measured at c1 and c32 (benchmarks.bench's names), as RESULTS.md names them.
+API_LABELS = {
+    "tutorial": "tutorial",
+    "classify": "Classifier",
+    "kserve": "KServe BYTES",
+    "kserve-fp32": "KServe FP32",
+}
+# The APIs h2load drives too.
+H2LOAD_APIS = ("tutorial", "kserve")
+H2LOAD_MISSING = (
+    f"h2load is not installed ({h2load.INSTALL_HINT}): the c1 and c32 figures through h2load "
+    "are not measured"
+)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,43 +100,112 @@ def load(address: str, concurrency: int, seconds: float) -> LoadResult:
     return measure(address, "tutorial", [IMAGE.read_bytes()], concurrency, duration=seconds)
 
 
+# ---- Slices: loads measured in turn with an in-process reference ----
+
+# One slice of one client's load on one server: it runs when called and returns what it measured.
+Slice = Callable[[], LoadResult]
+
+
+@dataclass(frozen=True)
+class Length:
+    """A slice's length: ``requests`` requests or ``duration`` seconds, after ``warm_up`` seconds
+    of the same load, untimed."""
+
+    warm_up: float
+    requests: int | None = None
+    duration: float | None = None
+
+
+def loadgen_slice(address: str, api: str, image: bytes, concurrency: int, length: Length) -> Slice:
+    """``api`` driven by our load generator (benchmarks.loadgen), one image a request."""
+    return partial(measure, address, api, [image], concurrency, requests=length.requests,
+                   duration=length.duration, warm_up=length.warm_up)  # fmt: skip
+
+
+def h2load_call(api: str, image: bytes) -> tuple[str, bytes]:
+    """The method h2load calls to drive ``api`` ("tutorial", "kserve" or "kserve-fp32") and the
+    serialized request it sends, one image."""
+    if api == "tutorial":
+        tutorial = inference_pb2.InferenceRequest(image=[image])
+        return "/InferenceServer/inference", tutorial.SerializeToString()
+    kserve = kserve_request(api, [image])
+    return "/inference.GRPCInferenceService/ModelInfer", kserve.SerializeToString()
+
+
+def h2load_slice(address: str, api: str, image: bytes, concurrency: int, length: Length) -> Slice:
+    """``api`` driven by h2load (benchmarks/h2load.py), one image a request."""
+    method, request = h2load_call(api, image)
+    return partial(h2load.measure, address, method, request, concurrency,
+                   requests=length.requests, duration=length.duration,
+                   warm_up=length.warm_up)  # fmt: skip
+
+
+def h2load_installed() -> bool:
+    return shutil.which("h2load") is not None
+
+
+def h2load_key(api: str) -> str:
+    """The name of ``api``'s figures through h2load, beside its load generator's (``api``)."""
+    return f"{api} (h2load)"
+
+
+def api_slices(address: str, image: bytes, concurrency: int, length: Length) -> dict[str, Slice]:
+    """Every API of ``API_LABELS`` through the load generator, by its name, and those of
+    ``H2LOAD_APIS`` through h2load too where it is installed, by ``h2load_key``."""
+    slices = {api: loadgen_slice(address, api, image, concurrency, length) for api in API_LABELS}
+    if h2load_installed():
+        for api in H2LOAD_APIS:
+            slices[h2load_key(api)] = h2load_slice(address, api, image, concurrency, length)
+    return slices
+
+
+def in_turn(
+    contenders: Mapping[str, Slice], reference: Callable[[], T], slices: int
+) -> tuple[dict[str, LoadResult], list[T]]:
+    """``slices`` rounds, each running every contender once, then the reference: each
+    contender's slices folded into one result, and the reference's figures, a list item each."""
+    print(f"  {slices} slices of {', '.join(contenders)}, each beside the in-process run",
+          flush=True)  # fmt: skip
+    results: dict[str, LoadResult] = {}
+    references: list[T] = []
+    for _ in range(slices):
+        for name, run_slice in contenders.items():
+            result = run_slice()
+            results.setdefault(name, LoadResult(concurrency=result.concurrency)).add(result)
+        references.append(reference())
+    return results, references
+
+
 # Throughput against the ceiling, too, is measured in alternating slices of one run; each server
 # slice starts with the load generator's warm-up, each ceiling slice with one as long.
 THROUGHPUT_SLICE_SECONDS = 3.0
 
 
+def throughput_slice() -> Length:
+    """The length of each slice of throughput (read when called: tests shorten it)."""
+    return Length(warm_up=benchmarks.bench.WARM_UP_SECONDS, duration=THROUGHPUT_SLICE_SECONDS)
+
+
 @dataclass(frozen=True)
 class Throughput:
-    server: LoadResult
+    # Each contender's images/s over all its slices, by name.
+    results: dict[str, LoadResult]
     ceiling_images_per_s: float
-    # benchmarks/bare_aio_server.py with the ceiling's threading; empty unless asked for.
-    bare: LoadResult
 
 
 def throughput_beside_ceiling(
-    address: str,
-    ceiling: CeilingRunner,
-    image: bytes,
-    concurrency: int,
-    slices: int,
-    bare_address: str | None = None,
+    ceiling: CeilingRunner, contenders: Mapping[str, Slice], slices: int
 ) -> Throughput:
-    """The server's images/s at ``concurrency``, the in-process ceiling's and, given its address,
-    the bare grpc.aio server's, in alternating slices of one run."""
-    print(f"  {address}: concurrency {concurrency}, {slices} slices beside the ceiling", flush=True)
-    server = LoadResult(concurrency=concurrency)
-    bare = LoadResult(concurrency=concurrency)
-    images, taken = 0, 0.0
-    for _ in range(slices):
-        server.add(measure(address, "tutorial", [image], concurrency,
-                           duration=THROUGHPUT_SLICE_SECONDS))  # fmt: skip
-        if bare_address is not None:
-            bare.add(measure(bare_address, "tutorial", [image], concurrency,
-                             duration=THROUGHPUT_SLICE_SECONDS))  # fmt: skip
+    """Each contender's throughput (slices of ``throughput_slice()``) and the in-process
+    ceiling's, in alternating slices of one run."""
+
+    def ceiling_slice() -> tuple[int, float]:
         ceiling.run(benchmarks.bench.WARM_UP_SECONDS)
-        done, seconds = ceiling.run(THROUGHPUT_SLICE_SECONDS)
-        images, taken = images + done, taken + seconds
-    return Throughput(server, images / taken, bare)
+        return ceiling.run(THROUGHPUT_SLICE_SECONDS)
+
+    results, runs = in_turn(contenders, ceiling_slice, slices)
+    images, seconds = (sum(figures) for figures in zip(*runs, strict=True))
+    return Throughput(results, images / seconds)
 
 
 # c1 is timed in slices alternating with the in-process single-image run, so both see the same
@@ -120,17 +216,15 @@ C1_SLICE_REQUESTS = 40
 C1_SETTLE = 8
 # The asyncio client's slices warm up for about as long.
 C1_SETTLE_SECONDS = 0.1
+C1_SLICE = Length(warm_up=C1_SETTLE_SECONDS, requests=C1_SLICE_REQUESTS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class C1Latency:
-    # A blocking client, as the tutorial's: what the target is checked with.
-    blocking: LoadResult = field(default_factory=lambda: LoadResult(concurrency=1))
-    # The load generator's asyncio client, whose own overhead is part of what it measures.
-    asyncio: LoadResult = field(default_factory=lambda: LoadResult(concurrency=1))
-    # benchmarks/bare_aio_server.py through the blocking client: the floor under the target.
-    bare: LoadResult = field(default_factory=lambda: LoadResult(concurrency=1))
-    in_process: list[float] = field(default_factory=list)
+    # Each contender's latencies over all its slices, by name.
+    results: dict[str, LoadResult]
+    # The in-process single-image run's, in seconds.
+    in_process: list[float]
 
 
 def _blocking_sender(channel: grpc.Channel, image: bytes) -> SendOne:
@@ -150,29 +244,111 @@ async def _settled(send: SendOne, requests: int) -> LoadResult:
     return await closed_loop(send, 1, requests=requests)
 
 
+def blocking_slice(channel: grpc.Channel, image: bytes) -> Slice:
+    """The tutorial API at c1 through a blocking client, as the tutorial's, on ``channel``."""
+    send = _blocking_sender(channel, image)
+    return lambda: asyncio.run(_settled(send, C1_SLICE_REQUESTS))
+
+
 def c1_beside_in_process(
-    address: str, bare_address: str, lone: LoneImage, image: bytes, slices: int
+    lone: LoneImage, contenders: Mapping[str, Slice], slices: int
 ) -> C1Latency:
-    """Latency at concurrency 1 through both kinds of client, the bare grpc.aio server's at
-    ``bare_address``, and the in-process single-image latency, in alternating slices of one run."""
-    print(f"  {address}: concurrency 1, {slices} slices beside the in-process run", flush=True)
-    measured = C1Latency()
-    with grpc.insecure_channel(address) as channel, grpc.insecure_channel(bare_address) as bare:
-        blocking, bare_blocking = _blocking_sender(channel, image), _blocking_sender(bare, image)
-        asyncio.run(_settled(blocking, 50))
-        asyncio.run(_settled(bare_blocking, 50))
-        for _ in range(slices):
-            measured.blocking.add(asyncio.run(_settled(blocking, C1_SLICE_REQUESTS)))
-            measured.asyncio.add(measure(address, "tutorial", [image], 1,
-                                         requests=C1_SLICE_REQUESTS,
-                                         warm_up=C1_SETTLE_SECONDS))  # fmt: skip
-            measured.bare.add(asyncio.run(_settled(bare_blocking, C1_SLICE_REQUESTS)))
-            lone.time(C1_SETTLE)
-            measured.in_process += lone.time(C1_SLICE_REQUESTS)
-    return measured
+    """Each contender's latency at concurrency 1 (slices of ``C1_SLICE``) and the in-process
+    single-image latency, in alternating slices of one run, after one untimed round of each
+    contender."""
+    for run_slice in contenders.values():
+        run_slice()
+
+    def lone_slice() -> list[float]:
+        lone.time(C1_SETTLE)
+        return lone.time(C1_SLICE_REQUESTS)
+
+    results, runs = in_turn(contenders, lone_slice, slices)
+    return C1Latency(results, [seconds for run in runs for seconds in run])
 
 
-def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check], list[str]]:
+# ---- Reporting ----
+
+
+def api_table(c1: Mapping[str, LoadResult], c32: Mapping[str, LoadResult]) -> list[str]:
+    """A Markdown table: each API of ``API_LABELS`` by its c1 p50 and c32 images/s through the
+    load generator and, in two more columns if h2load measured any API, through h2load."""
+    with_h2load = any(h2load_key(api) in figures for api in API_LABELS for figures in (c1, c32))
+    header = ["API", "c1 p50 ms", "c32 img/s"]
+    if with_h2load:
+        header += ["c1 p50 ms, h2load", "c32 img/s, h2load"]
+    lines = [_row(header), _row(["---"] * len(header))]
+    for api, label in API_LABELS.items():
+        keys = [api, h2load_key(api)] if with_h2load else [api]
+        cells = [label]
+        for key in keys:
+            cells.append(f"{c1[key].percentile_ms(50):.2f}" if key in c1 else "-")
+            cells.append(f"{c32[key].images_per_second:.1f}" if key in c32 else "-")
+        lines.append(_row(cells))
+    return lines
+
+
+def _row(cells: list[str]) -> str:
+    return f"| {' | '.join(cells)} |"
+
+
+def _label(key: str) -> str:
+    """A contender's name in RESULTS.md: the API's label and the client."""
+    for api, label in API_LABELS.items():
+        if key == api:
+            return f"{label} API, load generator"
+        if key == h2load_key(api):
+            return f"{label} API, h2load"
+    return key
+
+
+def h2load_notes(c1: C1Latency, c32: Throughput) -> list[str]:
+    """A line per API h2load drove and concurrency: its figure, its ratio to the in-process
+    figure of the same slices, and the load generator's beside it."""
+    single_ms = statistics.median(c1.in_process) * 1000
+    ceiling = c32.ceiling_images_per_s
+    lines = []
+    for api in H2LOAD_APIS:
+        key, label = h2load_key(api), API_LABELS[api]
+        if key in c1.results:
+            h2, ours = c1.results[key].percentile_ms(50), c1.results[api].percentile_ms(50)
+            lines.append(
+                f"h2load, {label} API, c1: p50 {h2:.2f} ms = {h2 / single_ms:.2f} x the "
+                f"in-process single-image latency (load generator: {ours:.2f} ms = "
+                f"{ours / single_ms:.2f} x), {c1.results[key].errors} errors, same slices"
+            )
+        if key in c32.results:
+            h2, ours = c32.results[key].images_per_second, c32.results[api].images_per_second
+            lines.append(
+                f"h2load, {label} API, c32: {h2:.1f} img/s = {h2 / ceiling:.2f} x the ceiling "
+                f"(load generator: {ours:.1f} img/s = {ours / ceiling:.2f} x), "
+                f"{c32.results[key].errors} errors, same slices"
+            )
+    return lines
+
+
+def idle_cpu_check(figures: IdleCpu) -> Check:
+    paced = ", ".join(
+        f"{phase.load} {phase.cpu_ms_per_request:.1f} ms ({figures.ratio(phase):.2f} x)"
+        for phase in figures.paced
+    )
+    return Check(
+        "CPU per request at 2 and 10 req/s <= 1.5 x CPU per request at saturation",
+        f"{paced} vs {figures.saturation.load} {figures.saturation.cpu_ms_per_request:.1f} ms "
+        "CPU/request",
+        figures.worst_ratio <= 1.5,
+    )
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: list[Check]
+    notes: list[str]
+    # The section "c1 and c32 of all three APIs from one run".
+    apis: list[str]
+
+
+def run(artifacts: Path, seconds: float, soak_requests: int) -> Report:
     notes: list[str] = []
     image = IMAGE.read_bytes()
     lite0 = load_manifest(artifacts, "efficientnet_lite0")
@@ -181,14 +357,22 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
     lone = LoneImage("onnxruntime", artifacts, lite0, image)
     draft = measure_draft(artifacts, lite0)
     common = ["--artifacts", str(artifacts)]
+    if not h2load_installed():
+        notes.append(H2LOAD_MISSING)
     with ServerProcess(["--model", "efficientnet_lite0", *common]) as server:
         notes.append(f"torchgrpc start-up (Lite0, auto backend): {server.startup_seconds:.1f} s")
         floor = measure(server.address, "list-models", [], 1, duration=5)
-        with ServerProcess(common, module="benchmarks.bare_aio_server") as bare:
-            c1_latency = c1_beside_in_process(
-                server.address, bare.address, lone, image, max(1, round(seconds))
-            )
-        c1 = c1_latency.blocking
+        with (
+            ServerProcess(common, module="benchmarks.bare_aio_server") as bare,
+            grpc.insecure_channel(server.address) as channel,
+            grpc.insecure_channel(bare.address) as bare_channel,
+        ):
+            c1_latency = c1_beside_in_process(lone, {
+                "blocking": blocking_slice(channel, image),
+                **api_slices(server.address, image, 1, C1_SLICE),
+                "bare": blocking_slice(bare_channel, image),
+            }, max(1, round(seconds)))  # fmt: skip
+        c1 = c1_latency.results["blocking"]
         single = statistics.median(c1_latency.in_process)
         notes.append(
             f"Lite0 single image in-process, all cores on it: {single * 1000:.2f} ms p50 "
@@ -196,17 +380,24 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         )
         bare_arguments = [*common, "--instances", str(ceiling.instances)]
         with ServerProcess(bare_arguments, module="benchmarks.bare_aio_server") as bare:
-            lite0_c32 = throughput_beside_ceiling(
-                server.address, ceiling, image, 32, slices, bare_address=bare.address
-            )
-        c32 = lite0_c32.server
+            lite0_c32 = throughput_beside_ceiling(ceiling, {
+                **api_slices(server.address, image, 32, throughput_slice()),
+                "bare": loadgen_slice(bare.address, "tutorial", image, 32, throughput_slice()),
+            }, slices)  # fmt: skip
+        c32 = lite0_c32.results["tutorial"]
         notes.append(
             f"Lite0 in-process ceiling: {lite0_c32.ceiling_images_per_s:.1f} img/s "
             f"({ceiling.instances} threads, each decoding and running its own ONNX Runtime "
             f"session with {ceiling.threads} intra-op thread), in {slices} slices of "
-            f"{THROUGHPUT_SLICE_SECONDS:.0f} s alternating with the server's at c32"
+            f"{THROUGHPUT_SLICE_SECONDS:.0f} s alternating with the server's at c32 (every API "
+            "and client in each slice)"
         )
         c256 = load(server.address, 256, seconds)
+        # CPU per request when nearly idle (benchmarks/idle_cpu.py): its target row below.
+        print("  CPU per request at saturation, idle and at 2 and 10 requests/s", flush=True)
+        idle_cpu = measure_idle_cpu(server.address, server.pid, image, seconds=seconds,
+                                    saturation_seconds=seconds,
+                                    idle_seconds=min(5.0, seconds))  # fmt: skip
         rss_before = server.rss_bytes()
         print(f"  soak: {soak_requests:,} requests at concurrency 32", flush=True)
         soak = measure(server.address, "tutorial", [image], 32, requests=soak_requests)
@@ -218,8 +409,10 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
     resnet = load_manifest(artifacts, "resnet34")
     resnet_ceiling = CeilingRunner("onnxruntime", artifacts, resnet, image)
     with ServerProcess(["--model", "resnet34", *common]) as server:
-        resnet34_c16 = throughput_beside_ceiling(server.address, resnet_ceiling, image, 16, slices)
-        resnet_c16 = resnet34_c16.server
+        resnet34_c16 = throughput_beside_ceiling(resnet_ceiling, {
+            "tutorial": loadgen_slice(server.address, "tutorial", image, 16, throughput_slice()),
+        }, slices)  # fmt: skip
+        resnet_c16 = resnet34_c16.results["tutorial"]
     notes.append(
         f"ResNet34 in-process ceiling: {resnet34_c16.ceiling_images_per_s:.1f} img/s "
         f"(weights: {resnet.weights_source}), in slices alternating with the server's at c16"
@@ -228,29 +421,40 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
         f"gRPC floor: an empty RPC (ListModels) at c1 takes {floor.percentile_ms(50):.2f} ms p50 "
         "round trip: most of the 1.5 ms the c1 target allows over the in-process latency"
     )
-    bare_gap = c1_latency.bare.percentile_ms(50) - single * 1000
+    c1_bare = c1_latency.results["bare"]
+    bare_gap = c1_bare.percentile_ms(50) - single * 1000
     notes.append(
         f"grpc.aio floor at c1: a bare grpc.aio server (benchmarks/bare_aio_server.py) that "
         f"hands the same in-process work to one thread and does nothing else: c1 p50 "
-        f"{c1_latency.bare.percentile_ms(50):.2f} ms, {bare_gap:+.2f} ms over in-process, "
+        f"{c1_bare.percentile_ms(50):.2f} ms, {bare_gap:+.2f} ms over in-process, "
         "in the same slices"
     )
-    bare_ratio = lite0_c32.bare.images_per_second / lite0_c32.ceiling_images_per_s
+    c32_bare = lite0_c32.results["bare"]
+    bare_ratio = c32_bare.images_per_second / lite0_c32.ceiling_images_per_s
     notes.append(
         f"grpc.aio floor at c32: the bare grpc.aio server with the ceiling's threading "
         f"({ceiling.instances} threads, each with its own session) reaches "
-        f"{lite0_c32.bare.images_per_second:.1f} img/s = {bare_ratio:.2f} x the ceiling, "
+        f"{c32_bare.images_per_second:.1f} img/s = {bare_ratio:.2f} x the ceiling, "
         "in the same slices"
     )
+    notes += h2load_notes(c1_latency, lite0_c32)
+    notes += [f"CPU per request, {' '.join(line.split())}" for line in idle_cpu.lines()]
     for name, result in (("c1, blocking client", c1),
-                         ("c1, asyncio client (same slices)", c1_latency.asyncio),
-                         ("c1, bare grpc.aio server (same slices)", c1_latency.bare),
-                         ("c32", c32), ("c32, bare grpc.aio server (same slices)", lite0_c32.bare),
+                         ("c1, asyncio client (same slices)", c1_latency.results["tutorial"]),
+                         ("c1, bare grpc.aio server (same slices)", c1_bare),
+                         *((f"c1, {_label(key)} (same slices)", result)
+                           for key, result in c1_latency.results.items()
+                           if key not in ("blocking", "tutorial", "bare")),
+                         ("c32", c32), ("c32, bare grpc.aio server (same slices)", c32_bare),
+                         *((f"c32, {_label(key)} (same slices)", result)
+                           for key, result in lite0_c32.results.items()
+                           if key not in ("tutorial", "bare")),
                          ("c256", c256), ("soak c32", soak),
                          ("tutorial c32", baseline), ("ResNet34 c16", resnet_c16)):  # fmt: skip
         notes.append(f"{name}: {result.summary()}")
 
     growth = (rss_after - rss_before) / rss_before
+    kserve, kserve_fp32 = lite0_c32.results["kserve"], lite0_c32.results["kserve-fp32"]
     checks = [
         _ratio("Lite0 c32 img/s >= 0.9 x in-process ceiling", c32.images_per_second,
                lite0_c32.ceiling_images_per_s, 0.9,
@@ -274,8 +478,15 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> tuple[list[Check
               draft.speed_up > 1.5 and draft.same_top1),
         _ratio("ResNet34 c16 img/s >= 0.9 x its in-process ceiling",
                resnet_c16.images_per_second, resnet34_c16.ceiling_images_per_s, 0.9),
+        _ratio("KServe (BYTES) c32 img/s >= 0.95 x tutorial API c32 img/s (same slices)",
+               kserve.images_per_second, c32.images_per_second, 0.95),
+        Check("KServe FP32 c32 img/s > KServe BYTES c32 img/s (no decode)",
+              f"{kserve_fp32.images_per_second:.1f} vs {kserve.images_per_second:.1f} img/s "
+              f"= {kserve_fp32.images_per_second / kserve.images_per_second:.2f} x",
+              kserve_fp32.images_per_second > kserve.images_per_second),
+        idle_cpu_check(idle_cpu),
     ]  # fmt: skip
-    return checks, notes
+    return Report(checks, notes, api_table(c1_latency.results, lite0_c32.results))
 
 
 def _ratio(target: str, value: float, reference: float, needed: float, beside: str = "") -> Check:
@@ -299,7 +510,7 @@ def machine() -> str:
     )
 
 
-def write_results(checks: list[Check], notes: list[str], seconds: float) -> str:
+def write_results(report: Report, seconds: float) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -307,15 +518,25 @@ def write_results(checks: list[Check], notes: list[str], seconds: float) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Machine: {machine()}.",
         f"Client and server on the same machine; one 451x300 JPEG per request "
-        f"(export/sample_images/cat.jpg), tutorial API; {seconds:.0f} s per run.",
+        f"(export/sample_images/cat.jpg), tutorial API unless a row names another; {seconds:.0f} s "
+        "per run.",
         "",
         "| target | measured | met |",
         "| --- | --- | --- |",
-        *(f"| {c.target} | {c.measured} | {'yes' if c.passed else 'NO'} |" for c in checks),
+        *(f"| {c.target} | {c.measured} | {'yes' if c.passed else 'NO'} |" for c in report.checks),
         "",
         "## Raw figures",
         "",
-        *(f"- {note}" for note in notes),
+        *(f"- {note}" for note in report.notes),
+        "",
+        "## c1 and c32 of all three APIs from one run",
+        "",
+        "Lite0, one image a request. c1: p50 over the c1 slices beside the in-process run; c32: "
+        "images/s over the c32 slices beside the ceiling; every API and client in each slice. "
+        "The load generator is benchmarks.loadgen (asyncio, one channel); h2load "
+        "(benchmarks/h2load.py) keeps as many calls in flight on one connection.",
+        "",
+        *report.apis,
         "",
     ]
     text = "\n".join(lines)
@@ -331,9 +552,9 @@ def main() -> int:
     args = parser.parse_args()
     for model in ("efficientnet_lite0", "resnet34"):
         ensure_exported(model, args.artifacts)
-    checks, notes = run(args.artifacts, args.seconds, args.soak_requests)
-    print(write_results(checks, notes, args.seconds))
-    return 0 if all(c.passed for c in checks) else 1
+    report = run(args.artifacts, args.seconds, args.soak_requests)
+    print(write_results(report, args.seconds))
+    return 0 if all(c.passed for c in report.checks) else 1
 
 
 if __name__ == "__main__":

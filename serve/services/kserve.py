@@ -258,6 +258,8 @@ def _model_config(model: ServedModel) -> config_pb.ModelConfig:
         ],
         dynamic_batching=config_pb.ModelDynamicBatching(
             max_queue_delay_microseconds=round(model.batcher.config.max_queue_delay * 1e6),
+            # A stream's answers come in its requests' order.
+            preserve_ordering=True,
             default_queue_policy=config_pb.ModelQueuePolicy(
                 max_queue_size=model.batcher.config.max_queue_size
             ),

@@ -42,18 +42,25 @@ async def serve_stream(
     answers: asyncio.Queue[asyncio.Task[Answer] | None] = asyncio.Queue()
     deadline = deadline_of(context)
 
+    # Not a TaskGroup: one item's failure must not cancel the items before it, whose answers
+    # are still to be written.
+    running: set[asyncio.Task[Answer]] = set()
+
     async def read_all() -> None:
-        async with asyncio.TaskGroup() as group:
-            async for item in items:
-                await window.acquire()
-                admitted = asyncio.Event()
-                call = Call(deadline, wait_for_room=True, admitted=admitted)
-                task: asyncio.Task[Answer] = group.create_task(answer(item, call))
-                if ordered:
-                    answers.put_nowait(task)
-                else:
-                    task.add_done_callback(answers.put_nowait)
-                await _either(admitted, task)
+        async for item in items:
+            await window.acquire()
+            admitted = asyncio.Event()
+            call = Call(deadline, wait_for_room=True, admitted=admitted)
+            task = asyncio.create_task(answer(item, call))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            if ordered:
+                answers.put_nowait(task)
+            else:
+                task.add_done_callback(answers.put_nowait)
+            await _either(admitted, task)
+        # Unordered answers are queued as their tasks end: the end comes after the last.
+        await asyncio.gather(*running, return_exceptions=True)
         answers.put_nowait(None)
 
     reader = asyncio.create_task(read_all())
@@ -69,9 +76,10 @@ async def serve_stream(
             window.release()
         await reader
     finally:
-        reader.cancel()
-        # Retrieves the reader's own failure (if any), so that it isn't reported twice.
-        await asyncio.gather(reader, return_exceptions=True)
+        for pending in (reader, *running):
+            pending.cancel()
+        # Retrieves their own failures (if any), so that none is reported twice.
+        await asyncio.gather(reader, *running, return_exceptions=True)
 
 
 async def _either(admitted: asyncio.Event, task: asyncio.Task[Answer]) -> None:

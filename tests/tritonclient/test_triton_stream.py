@@ -1,10 +1,9 @@
-"""ModelStreamInfer through tritonclient: every request answered once, with its id; a bad request
-answered with an error while the stream goes on.
+"""ModelStreamInfer through tritonclient: every request answered once, in order, with its id; a
+bad request answered with an error while the stream goes on, unless the client asked for real
+gRPC errors (header ``triton_grpc_error``): then the stream ends with the error's status.
 
-Our server answers a stream's requests concurrently and writes each answer when it is ready (as
-its config says: ``dynamic_batching.preserve_ordering`` false), so answers are matched by id.
 tritonclient hands an ``error_message`` to the callback as an exception without the response, so
-an error can't be told apart by id: exactly one request here is bad.
+an error can be placed only by its position: answers come in the requests' order, as Triton's do.
 """
 
 from __future__ import annotations
@@ -41,8 +40,10 @@ def check_result(result: grpcclient.InferResult, photo: Photo) -> None:
     assert float(row[photo.label]) == pytest.approx(photo.probability, abs=TOLERANCE)
 
 
-def check_answers(answers: list[Answer], photos: dict[str, Photo]) -> None:
-    """One error (the bad request's) and one result per good request, each right for its id."""
+def check_answers(answers: list[Answer], photos: dict[str, Photo], order: list[str]) -> None:
+    """One error (the bad request's) and one result per good request, each right for its id,
+    all in the requests' ``order`` ("error" for the bad one)."""
+    assert [r.get_response().id if r is not None else "error" for r, _ in answers] == order
     errors = [error for result, error in answers if error is not None]
     assert [(error.message(), error.status()) for error in errors] == [(BAD_SHAPE, None)]
     assert all(result is None for result, error in answers if error is not None)
@@ -66,7 +67,9 @@ def test_stream_infer(client: grpcclient.InferenceServerClient) -> None:
             client.async_stream_infer(
                 MODEL, [image_input(photos[request_id])], request_id=request_id
             )
-        check_answers([answers.get(timeout=60) for _ in range(5)], photos)
+        check_answers(
+            [answers.get(timeout=60) for _ in range(5)], photos, ["s1", "s2", "error", "s4", "s5"]
+        )
         # The stream is still open after the error: one more round trip on it.
         client.async_stream_infer(MODEL, [image_input(CAT_PNG)], request_id="s6")
         result, error = answers.get(timeout=60)
@@ -92,4 +95,27 @@ async def test_asyncio_stream_infer(server_address: str) -> None:
 
     async with aioclient.InferenceServerClient(url=server_address) as client:
         answers = [answer async for answer in client.stream_infer(request_stream())]
-    check_answers(answers, {"a1": CAT_JPG, "a3": COFFEE_JPG, "a4": CAT_PNG})
+    check_answers(
+        answers, {"a1": CAT_JPG, "a3": COFFEE_JPG, "a4": CAT_PNG}, ["a1", "error", "a3", "a4"]
+    )
+
+
+def test_triton_grpc_error_ends_the_stream_with_the_status(
+    client: grpcclient.InferenceServerClient,
+) -> None:
+    answers: queue.Queue[Answer] = queue.Queue()
+    client.start_stream(
+        callback=lambda result, error: answers.put((result, error)),
+        headers={"triton_grpc_error": "true"},
+    )
+    try:
+        client.async_stream_infer(MODEL, [image_input(CAT_JPG)], request_id="g1")
+        client.async_stream_infer(MODEL, [bad_shape_input()], request_id="g2")
+        result, error = answers.get(timeout=60)
+        assert error is None and result is not None and result.get_response().id == "g1"
+        result, error = answers.get(timeout=60)
+        assert result is None and error is not None
+        assert error.status() == "StatusCode.INVALID_ARGUMENT"
+        assert BAD_SHAPE in error.message()
+    finally:
+        client.stop_stream()
