@@ -17,6 +17,7 @@ __all__ = [
     "ImageError",
     "InvalidArgument",
     "ModelNotFound",
+    "RepositoryError",
     "ResourceExhausted",
     "ServerUnavailable",
     "TorchgrpcError",
@@ -121,3 +122,17 @@ def error_from_status(code: grpc.StatusCode, details: str) -> TorchgrpcError:
     error = TorchgrpcError(f"{code.name}: {details}")
     error.status_code = code
     return error
+
+
+class RepositoryError(ArtifactError):
+    """A model of the repository can't be used: the message names the file and, for a
+    config.pbtxt, the field (``models/resnet/config.pbtxt: max_batch_size: must be >= 0, not -1``).
+
+    ``file`` may carry a position (``config.pbtxt:3:7``) when the text itself doesn't parse.
+    """
+
+    def __init__(self, file: str, reason: str, field: str = "") -> None:
+        super().__init__(f"{file}: {field}: {reason}" if field else f"{file}: {reason}")
+        self.file = file
+        self.field = field
+        self.reason = reason
