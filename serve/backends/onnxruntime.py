@@ -60,14 +60,19 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # A session with several intra-op threads hands work between them at every operator:
         # letting them spin instead of sleeping made a lone Lite0 image 1.5-2 ms faster here
-        # (12.5 -> 10.4 ms in-process). They keep spinning for about 40 ms after a run, so the
-        # request that follows does not wake them on a sleeping core: with
-        # `session.force_spinning_stop` off instead of on, c1 over gRPC went 11.7 -> 11.2 ms and
-        # 12.9 -> 11.6 ms in two side-by-side runs, while c4 and c32 throughput were unchanged.
-        # Single-threaded sessions, the server's default under load, have no threads to spin.
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if threads > 1 else "0"
-        )
+        # (12.5 -> 10.4 ms in-process). But by default they go on spinning for tens of ms after a
+        # run, and a server at a few requests a second paid 86-105 ms of CPU per request for it,
+        # against 21-25 ms at saturation. Spinning at most 500 us for more work, and stopping
+        # when a run ends, brought that to 1.3-1.4 x saturation (benchmarks/idle_cpu.py, 2 and
+        # 10 requests a second) with c1 p50 unchanged within noise (15.8 vs 15.4 and 15.8 vs
+        # 18.1 ms, side by side in alternating rounds on a loaded machine). Single-threaded
+        # sessions, the server's default under load, have no threads to spin.
+        if threads > 1:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+            options.add_session_config_entry("session.intra_op.spin_duration_us", "500")
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+        else:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(
             str(folder / ONNX_NAME), options, providers=["CPUExecutionProvider"]
         )
