@@ -58,14 +58,16 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # A session with several intra-op threads hands work between them at every operator:
-        # letting them spin instead of sleeping made a lone Lite0 image 1.5-2 ms faster here
-        # (12.5 -> 10.4 ms in-process). But by default they go on spinning for tens of ms after a
-        # run, and a server at a few requests a second paid 86-105 ms of CPU per request for it,
-        # against 21-25 ms at saturation. Spinning at most 500 us for more work, and stopping
-        # when a run ends, brought that to 1.3-1.4 x saturation (benchmarks/idle_cpu.py, 2 and
-        # 10 requests a second) with c1 p50 unchanged within noise (15.8 vs 15.4 and 15.8 vs
-        # 18.1 ms, side by side in alternating rounds on a loaded machine). Single-threaded
+        # A session with several intra-op threads hands work between them at every operator, and
+        # threads that spin briefly instead of sleeping pick up each hand-off sooner. ONNX
+        # Runtime's default spin also goes on for about 40 ms after every run: a quiet server
+        # spent 84-89 ms of CPU per lone image at 2 and 10 requests a second, 3.6-3.9 x the
+        # 22-23 ms an image costs at saturation (benchmarks/idle_cpu.py). Spinning at most 500 us
+        # at a time, and not at all once a run ends, brought that to 30-37 ms (1.23-1.48 x), and
+        # c1 p50 from 17.4 to 15.9 ms over 37 alternating rounds: on two cores the thread left
+        # spinning held the core the reply and the next request needed. c32 throughput was
+        # unchanged. ONNX Runtime versions without `spin_duration_us` ignore it, and
+        # `force_spinning_stop` still ends the spinning after each run. Single-threaded
         # sessions, the server's default under load, have no threads to spin.
         if threads > 1:
             options.add_session_config_entry("session.intra_op.allow_spinning", "1")
