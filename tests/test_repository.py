@@ -335,23 +335,23 @@ def test_symlinks_out_of_the_repository_are_refused(in_tmp: Path) -> None:
 
 def test_symlinks_that_stay_inside_are_followed(in_tmp: Path) -> None:
     model("resnet", RESNET, {"1": "model.onnx", "2": "model.onnx"}, {"labels.txt": "a\nb\nc\n"})
-    (REPO / "shared").mkdir()
-    (REPO / "shared" / "imagenet.txt").write_text("x\ny\nz\n")
-    (REPO / "shared" / "pool" / "3").mkdir(parents=True)
-    (REPO / "shared" / "pool" / "3" / "model.onnx").write_bytes(b"placeholder")
+    (REPO / "common").mkdir()
+    (REPO / "common" / "imagenet.txt").write_text("x\ny\nz\n")
+    (REPO / "common" / "pool" / "3").mkdir(parents=True)
+    (REPO / "common" / "pool" / "3" / "model.onnx").write_bytes(b"placeholder")
     model("alias", RESNET, {"1": ""})
-    (REPO / "alias" / "labels.txt").symlink_to("../shared/imagenet.txt")
+    (REPO / "alias" / "labels.txt").symlink_to("../common/imagenet.txt")
     (REPO / "alias" / "1" / "model.onnx").symlink_to("../../resnet/1/model.onnx")
-    (REPO / "alias" / "3").symlink_to("../shared/pool/3")
+    (REPO / "alias" / "3").symlink_to("../common/pool/3")
     (REPO / "resnet_too").symlink_to("resnet")
-    (REPO / "notes.txt").symlink_to("shared/imagenet.txt")  # a file, not a model
+    (REPO / "notes.txt").symlink_to("common/imagenet.txt")  # a file, not a model
     entries = {e.name: e for e in scan(REPO)}
-    assert sorted(entries) == ["alias", "resnet", "resnet_too", "shared"]
+    assert sorted(entries) == ["alias", "resnet", "resnet_too", "common"]
     root = in_tmp / "models"
     alias = entries["alias"]
     assert isinstance(alias, ModelEntry)
     assert alias.labels == {"logits": ("x", "y", "z")}
-    pool = root / "shared" / "pool"
+    pool = root / "common" / "pool"
     assert alias.versions == {1: root / "alias" / "1", 3: pool / "3"}
     assert alias.selected == (
         ModelVersion(3, pool / "3", pool / "3" / "model.onnx"),
@@ -360,7 +360,7 @@ def test_symlinks_that_stay_inside_are_followed(in_tmp: Path) -> None:
     twin = entries["resnet_too"]
     assert isinstance(twin, ModelEntry) and twin.folder == root / "resnet"
     # A folder without versions is a (failed) model: Triton would say the same.
-    assert failed(entries["shared"]) == "models/shared: has no version folder (1, 2, ...)"
+    assert failed(entries["common"]) == "models/common: has no version folder (1, 2, ...)"
 
 
 def test_broken_and_looping_symlinks() -> None:
