@@ -221,7 +221,8 @@ class Batcher:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._queue.clear()
-        self._fail(self._requests, BatchError("the server is shutting down"))
+        # UNAVAILABLE: a client may retry elsewhere, as it would for a refused request.
+        self._fail(self._requests, ServerUnavailable("the server is shutting down"))
         for executor in [*self._executors, self._solo_executor]:
             # Off the loop: a batch still running must not stall everything else.
             await asyncio.to_thread(executor.shutdown, True)
@@ -261,6 +262,10 @@ class Batcher:
             raise
         finally:
             self._requests.discard(request)
+            if request.untaken:
+                # A caller that gives up takes its rows out of the queue at once: their places
+                # are free again, so their memory must go too.
+                self._remove_chunks(request)
             self._release(request.untaken)
             request.untaken = 0
             request.future.cancel()
@@ -340,6 +345,14 @@ class Batcher:
 
     def _lone_batch_done(self, future: asyncio.Future[tuple[Tensors, StageTimes]]) -> None:
         self._running -= 1
+        if not future.cancelled():
+            # Retrieved even when the caller gave up first (a bad image), so it isn't reported.
+            future.exception()
+
+    def _remove_chunks(self, request: _Request) -> None:
+        kept = collections.deque(chunk for chunk in self._queue if chunk.request is not request)
+        self.stats.dropped += len(self._queue) - len(kept)
+        self._queue = kept
 
     def _enqueue(self, request: _Request, tensors: Mapping[str, np.ndarray]) -> None:
         request.queued_at_ns = time.perf_counter_ns()

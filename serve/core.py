@@ -144,6 +144,8 @@ def _with_request_parameters(call: Call, parameters: Mapping[str, object]) -> Ca
         return call
     if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
         raise InvalidArgument(f"parameter 'timeout' must be microseconds >= 0, not {timeout!r}")
+    if timeout == 0:  # Triton's "no timeout"
+        return call
     deadline = time.monotonic() + timeout / 1e6
     if call.deadline is not None:
         deadline = min(deadline, call.deadline)

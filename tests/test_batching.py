@@ -656,6 +656,9 @@ async def test_cancelled_requests_free_their_queue_places_at_once(make: MakeHarn
     doomed.cancel()
     await asyncio.gather(doomed, return_exceptions=True)
     assert h.batcher.queued == 0
+    # Its rows left the queue with their places (their memory with them), before any worker
+    # reached them.
+    assert h.batcher.stats.dropped == 1
     later = h.submit([4.0, 5.0])  # would be "server busy" if the cancelled places still counted
     await h.queued(2)
     h.model.release()
@@ -1063,7 +1066,7 @@ async def test_close_fails_queued_requests_and_ends_the_workers(
         await h.batcher.close()
         for task in queued:
             error = await failure(task)
-            assert isinstance(error, BatchError)
+            assert isinstance(error, ServerUnavailable)
             assert "shutting down" in str(error)
         # The request that was running is test_close_settles_the_running_batch's business.
         running.cancel()
@@ -1095,7 +1098,7 @@ async def test_close_before_start_fails_what_was_queued(make: MakeHarness) -> No
     await h.queued(2)
     await h.batcher.close()
     error = await failure(waiting)
-    assert isinstance(error, BatchError) and "shutting down" in str(error)
+    assert isinstance(error, ServerUnavailable) and "shutting down" in str(error)
     assert h.model.batches == []
 
 
@@ -1146,7 +1149,7 @@ async def test_close_wakes_requests_waiting_for_room(make: MakeHarness) -> None:
     assert error.message == "the server is shutting down"
     assert not admitted.is_set()
     error = await failure(queued)
-    assert isinstance(error, BatchError) and error.message == "the server is shutting down"
+    assert isinstance(error, ServerUnavailable) and error.message == "the server is shutting down"
     h.model.release()
     await asyncio.wait_for(closing, HANG_GUARD)
     await asyncio.gather(running, return_exceptions=True)

@@ -47,21 +47,24 @@ async def serve_stream(
     running: set[asyncio.Task[Answer]] = set()
 
     async def read_all() -> None:
-        async for item in items:
-            await window.acquire()
-            admitted = asyncio.Event()
-            call = Call(deadline, wait_for_room=True, admitted=admitted)
-            task = asyncio.create_task(answer(item, call))
-            running.add(task)
-            task.add_done_callback(running.discard)
-            if ordered:
-                answers.put_nowait(task)
-            else:
-                task.add_done_callback(answers.put_nowait)
-            await _either(admitted, task)
-        # Unordered answers are queued as their tasks end: the end comes after the last.
-        await asyncio.gather(*running, return_exceptions=True)
-        answers.put_nowait(None)
+        try:
+            async for item in items:
+                await window.acquire()
+                admitted = asyncio.Event()
+                call = Call(deadline, wait_for_room=True, admitted=admitted)
+                task: asyncio.Task[Answer] = asyncio.create_task(answer(item, call))
+                running.add(task)
+                task.add_done_callback(running.discard)
+                if ordered:
+                    answers.put_nowait(task)
+                else:
+                    task.add_done_callback(answers.put_nowait)
+                await _either(admitted, task)
+            # Unordered answers are queued as their tasks end: the end comes after the last.
+            await asyncio.gather(*running, return_exceptions=True)
+        finally:
+            # Also when reading fails: the writer then stops, and ``await reader`` raises.
+            answers.put_nowait(None)
 
     reader = asyncio.create_task(read_all())
     try:
