@@ -24,6 +24,7 @@ from serve.config import ServerConfig
 from serve.errors import FailedPrecondition, InvalidArgument, shortened
 from serve.fronts.classification import ClassScores
 from serve.fronts.image import ImageFront
+from serve.repository.settings import PLATFORM_OF
 from serve.signature import Signature, check_inputs
 from serve.tensors import Tensor, TensorSpec
 
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 
 # Every model has one version until the repository serves numbered versions.
 VERSION = "1"
-# Triton's platform names for what each backend runs.
-PLATFORMS = {
-    "onnxruntime": "onnxruntime_onnx",
-    "torchscript": "pytorch_libtorch",
-    "eager": "pytorch_eager",
-}
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,7 @@ class ServedModel:
         self.info = info
         self.name = info.name
         self.version = VERSION
-        self.platform = PLATFORMS.get(info.backend, info.backend)
+        self.platform = PLATFORM_OF.get(info.backend, info.backend)
         self.signature = signature
         self.batcher = batcher
         self.instances = instances
