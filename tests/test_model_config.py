@@ -122,9 +122,9 @@ def test_platform_and_backend_names(fields: str, backend: str) -> None:
 
 
 def test_default_model_filename_overrides_the_backends_file() -> None:
-    settings = parse('platform: "pytorch_eager" default_model_filename: "factory.py"')
-    assert (settings.backend, settings.model_filename) == ("eager", "factory.py")
-    assert parse('platform: "pytorch_eager"').model_filename == "model.py"
+    settings = parse('platform: "pytorch_eager" default_model_filename: "state.pth"')
+    assert (settings.backend, settings.model_filename) == ("eager", "state.pth")
+    assert parse('platform: "pytorch_eager"').model_filename == "weights.pt"
 
 
 @pytest.mark.parametrize(

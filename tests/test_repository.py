@@ -89,7 +89,7 @@ def test_a_complete_entry(in_tmp: Path) -> None:
     assert entry == ModelEntry(
         name="resnet",
         folder=real,
-        backend="onnxruntime",
+        backends=("onnxruntime",),
         settings=ModelSettings(
             name="resnet",
             backend="onnxruntime",
@@ -103,8 +103,8 @@ def test_a_complete_entry(in_tmp: Path) -> None:
         config_file=real / "config.pbtxt",
         versions={1: real / "1", 2: real / "2", 3: real / "3", 10: real / "10"},
         selected=(
-            ModelVersion(10, real / "10", real / "10" / "model.onnx"),
-            ModelVersion(3, real / "3", real / "3" / "model.onnx"),
+            ModelVersion(10, real / "10", {"onnxruntime": real / "10" / "model.onnx"}),
+            ModelVersion(3, real / "3", {"onnxruntime": real / "3" / "model.onnx"}),
         ),
         labels={"logits": ("a", "b", "c")},
         ignored=("01", "abc", "v2"),
@@ -133,9 +133,9 @@ def test_a_bad_model_never_stops_the_others() -> None:
 def test_without_config_the_model_file_decides(filename: str, backend: str) -> None:
     model("m", None, {"1": filename, "2": filename})
     entry = only("m")
-    assert (entry.backend, entry.settings.backend, entry.config_file) == (backend, backend, None)
+    assert (entry.backends, entry.settings.backend, entry.config_file) == ((backend,), None, None)
     assert (entry.settings.inputs, entry.settings.complete_from_model) == ((), True)
-    assert [v.model_file.name for v in entry.selected] == [filename]
+    assert [v.model_files[backend].name for v in entry.selected] == [filename]
     assert [v.number for v in entry.selected] == [2]
 
 
@@ -148,7 +148,8 @@ def test_a_partial_config_is_completed_later() -> None:
 def test_default_model_filename() -> None:
     model("m", 'default_model_filename: "resnet.pt2"', {"1": "resnet.pt2"})
     entry = only("m")
-    assert (entry.backend, entry.selected[0].model_file.name) == ("torch_export", "resnet.pt2")
+    assert entry.backends == ("torch_export",)
+    assert entry.selected[0].model_files["torch_export"].name == "resnet.pt2"
 
 
 @pytest.mark.parametrize(
@@ -191,14 +192,26 @@ def test_model_file_and_version_refusals(
     assert reason("m") == message
 
 
-def test_two_model_files_in_a_version_need_a_platform() -> None:
-    folder = model("m", None, {"1": "model.onnx"})
-    (folder / "1" / "model.pt").write_bytes(b"placeholder")
-    assert reason("m") == (
-        "models/m/1: has model.onnx and model.pt: set platform or backend in config.pbtxt"
+def test_a_version_may_hold_several_formats() -> None:
+    """The server picks one at load time, unless config.pbtxt names it; weights.pt is a format
+    only for a model with a factory."""
+    folder = model("m", None, {"1": "model.onnx", "2": "model.onnx"})
+    for version in ("1", "2"):
+        (folder / version / "model.pt").write_bytes(b"placeholder")
+        (folder / version / "weights.pt").write_bytes(b"placeholder")
+    assert only("m").backends == ("onnxruntime", "torchscript")
+    (folder / "config.pbtxt").write_text(
+        'parameters { key: "factory" value { string_value: "export.zoo.factories:resnet34" } }'
     )
+    entry = only("m")
+    assert entry.backends == ("onnxruntime", "torchscript", "eager")
+    assert sorted(entry.selected[0].model_files) == ["eager", "onnxruntime", "torchscript"]
     (folder / "config.pbtxt").write_text('backend: "pytorch"')
-    assert only("m").selected[0].model_file.name == "model.pt"
+    entry = only("m")
+    assert entry.backends == ("torchscript",)
+    assert {b: f.name for b, f in entry.selected[0].model_files.items()} == {
+        "torchscript": "model.pt"
+    }
 
 
 def test_version_policies_over_the_files() -> None:
@@ -277,13 +290,15 @@ def test_hostile_folders_on_disk_are_refused_one_by_one() -> None:
     for name in names:
         model(name)
     entries = {e.name: e for e in scan(REPO)}
-    assert set(entries) == set(names)
+    # Hidden folders (.git, the exporter's staging folders) are not models: skipped, unreported.
+    assert set(entries) == set(names) - {".hidden"}
+    assert isinstance(scan_model(REPO, ".hidden"), FailedModel)
     assert isinstance(entries["x" * 255], ModelEntry)
     assert failed(entries["a\nb"]) == "models/'a\\nb': model name contains a control character"
     assert failed(entries["red\x1b[31m"]) == (
         "models/'red\\x1b[31m': model name contains a control character"
     )
-    assert failed(entries[".hidden"]) == "models/'.hidden': model name starts with a dot"
+    assert failed(scan_model(REPO, ".hidden")) == "models/'.hidden': model name starts with a dot"
     assert failed(entries["a..b"]) == "models/'a..b': model name contains '..'"
     allowed = "has characters other than ASCII letters, digits, '_', '.' and '-'"
     assert failed(entries["with space"]) == f"models/'with space': model name {allowed}"
@@ -354,8 +369,10 @@ def test_symlinks_that_stay_inside_are_followed(in_tmp: Path) -> None:
     pool = root / "common" / "pool"
     assert alias.versions == {1: root / "alias" / "1", 3: pool / "3"}
     assert alias.selected == (
-        ModelVersion(3, pool / "3", pool / "3" / "model.onnx"),
-        ModelVersion(1, root / "alias" / "1", root / "resnet" / "1" / "model.onnx"),
+        ModelVersion(3, pool / "3", {"onnxruntime": pool / "3" / "model.onnx"}),
+        ModelVersion(
+            1, root / "alias" / "1", {"onnxruntime": root / "resnet" / "1" / "model.onnx"}
+        ),
     )
     twin = entries["resnet_too"]
     assert isinstance(twin, ModelEntry) and twin.folder == root / "resnet"

@@ -11,7 +11,7 @@ from serve.repository.entries import FailedModel, ModelEntry, ModelVersion, Repo
 from serve.repository.labels import parse_labels
 from serve.repository.model_config import parse_config
 from serve.repository.names import name_problem, version_number
-from serve.repository.scan import CONFIG_NAME, repository_root, scan, scan_model
+from serve.repository.scan import CONFIG_NAME, model_names, repository_root, scan, scan_model
 from serve.repository.settings import PLATFORM_OF, ModelSettings
 from serve.repository.versions import VersionPolicy
 
@@ -25,6 +25,7 @@ __all__ = [
     "RepositoryEntry",
     "RepositoryError",
     "VersionPolicy",
+    "model_names",
     "name_problem",
     "parse_config",
     "parse_labels",

@@ -17,7 +17,9 @@ class ModelVersion:
     number: int
     # Real paths (symlinks resolved, checked to be inside the repository).
     folder: Path
-    model_file: Path
+    # Backend -> the version's model file for it: one entry, or several when the folder holds the
+    # model in several formats and config.pbtxt doesn't pick one.
+    model_files: Mapping[str, Path]
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,9 @@ class ModelEntry:
     name: str
     # The model folder's real path.
     folder: Path
-    # The backend that runs it: from config.pbtxt, else from the model file's name.
-    backend: str
-    # ``settings.backend == backend``.
+    # The backends its files can run on, in the order of ``DEFAULT_MODEL_FILENAMES``: the one
+    # config.pbtxt names, else every format all served versions hold (the server picks one).
+    backends: tuple[str, ...]
     settings: ModelSettings
     # config.pbtxt's real path; None when the folder has none (settings are then all defaults).
     config_file: Path | None

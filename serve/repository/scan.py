@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 from serve.errors import RepositoryError, shortened
@@ -27,7 +26,14 @@ from serve.repository.names import name_problem, version_number
 from serve.repository.paths import inside, read_limited, regular_file
 from serve.repository.settings import ModelSettings
 
-__all__ = ["CONFIG_NAME", "MAX_CONFIG_BYTES", "repository_root", "scan", "scan_model"]
+__all__ = [
+    "CONFIG_NAME",
+    "MAX_CONFIG_BYTES",
+    "model_names",
+    "repository_root",
+    "scan",
+    "scan_model",
+]
 
 CONFIG_NAME = "config.pbtxt"
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -45,17 +51,24 @@ def repository_root(repo: Path) -> Path:
 
 
 def scan(repo: Path) -> list[RepositoryEntry]:
-    """Every model folder of ``repo``, by name: a ModelEntry, or a FailedModel with the reason.
+    """Every model folder of ``repo``, by name: a ModelEntry, or a FailedModel with the reason."""
+    root = repository_root(repo)
+    return [_scan(root, repo, name) for name in model_names(repo)]
 
-    Files and symlinks to files inside the repository are not models and are skipped; any
-    other folder or symlink is a model folder (a hidden one, ``.git`` say, is refused by name).
+
+def model_names(repo: Path) -> list[str]:
+    """The names of ``repo``'s model folders, sorted, without reading them.
+
+    Files and symlinks to files inside the repository are not models, nor are hidden folders
+    (``.git``, the exporter's staging folders): they are skipped. Any other folder or symlink is
+    a model folder.
     """
     root = repository_root(repo)
     try:
         names = sorted(os.listdir(root))
     except OSError as error:
         raise RepositoryError(str(repo), f"can't be listed ({error.strerror})") from None
-    return [_scan(root, repo, name) for name in names if _may_be_model(root / name, root)]
+    return [n for n in names if not n.startswith(".") and _may_be_model(root / n, root)]
 
 
 def scan_model(repo: Path, name: str) -> RepositoryEntry:
@@ -110,12 +123,12 @@ def _model(root: Path, folder: Path, name: str, shown: str) -> ModelEntry:
             "version_policy.specific.versions",
         )
     selected = {number: versions[number] for number in settings.version_policy.select(versions)}
-    backend, files = find_model_files(settings, selected, root, shown)
+    backends, files = find_model_files(settings, selected, root, shown)
     return ModelEntry(
         name=name,
         folder=folder,
-        backend=backend,
-        settings=replace(settings, backend=backend),
+        backends=backends,
+        settings=settings,
         config_file=config_file,
         versions=versions,
         selected=files,

@@ -16,9 +16,13 @@ from serve.tensors import TensorSpec
 __all__ = [
     "BACKEND_FIELDS",
     "DEFAULT_MODEL_FILENAMES",
+    "FACTORY_PARAMETER",
+    "IMAGE_INPUT_PARAMETER",
     "PLATFORMS",
     "PLATFORM_OF",
+    "SOFTMAX_PARAMETER",
     "SUFFIX_BACKENDS",
+    "THREADS_PARAMETER",
     "ModelSettings",
 ]
 
@@ -50,10 +54,20 @@ DEFAULT_MODEL_FILENAMES: Mapping[str, str] = {
     "onnxruntime": "model.onnx",
     "torchscript": "model.pt",
     "torch_export": "model.pt2",
-    "eager": "model.py",
+    "eager": "weights.pt",
 }
-# Which backend a model file is for, when config.pbtxt doesn't say. Never `.py`: a Triton
-# python-backend model.py is not one of ours, so the eager backend must be named.
+# Our `parameters` keys (string values) beside the image pre-processing ones, which
+# export.manifest.Preprocessing reads and writes.
+# The input fed from encoded images: the model is then an image model for every API.
+IMAGE_INPUT_PARAMETER = "image_input"
+# An output holding logits, served as `probabilities` (softmax) instead.
+SOFTMAX_PARAMETER = "softmax"
+# The eager backend's `package.module:function` that builds the nn.Module its weights.pt fills.
+FACTORY_PARAMETER = "factory"
+# Intra-op threads per instance (Triton's ONNX Runtime backend reads the same key).
+THREADS_PARAMETER = "intra_op_thread_count"
+# Which backend a model file is for, when config.pbtxt doesn't say. Not `.pth` or `weights.pt`:
+# a state dict needs a factory to build its module (`FACTORY_PARAMETER`).
 SUFFIX_BACKENDS: Mapping[str, str] = {
     ".onnx": "onnxruntime",
     ".pt": "torchscript",
