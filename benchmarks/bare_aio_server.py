@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,29 +26,29 @@ from typing import Any
 import grpc
 
 from benchmarks import reference_server
-from benchmarks.ceiling import run_images
-from serve.backends import load_backend, load_manifest
+from benchmarks.ceiling import ImageModel, open_image_model, run_images
 from serve.pb import inference_pb2, inference_pb2_grpc
 
 
 class BareInferenceService(inference_pb2_grpc.InferenceServerServicer):  # type: ignore[misc]
-    def __init__(self, model_name: str, artifacts: Path, instances: int) -> None:
-        self._artifacts = artifacts
-        self._manifest = load_manifest(artifacts, model_name)
-        self._threads = max(1, (os.cpu_count() or 1) // instances)
+    def __init__(self, model_name: str, repository: Path, instances: int) -> None:
+        threads = max(1, (os.cpu_count() or 1) // instances)
+        # Opened here, so a model that can't be served stops the server before it starts.
+        self._unclaimed: queue.SimpleQueue[ImageModel] = queue.SimpleQueue()
+        for _ in range(instances):
+            self._unclaimed.put(open_image_model(repository, model_name, "onnxruntime", threads))
         self._local = threading.local()
         self._thread = ThreadPoolExecutor(
-            instances, thread_name_prefix="model", initializer=self._load_model
+            instances, thread_name_prefix="model", initializer=self._claim_model
         )
 
-    def _load_model(self) -> None:
-        # Each thread of the pool loads its own model as it starts, as each in-process one does.
-        self._local.backend = load_backend(
-            "onnxruntime", self._artifacts, self._manifest, self._threads
-        )
+    def _claim_model(self) -> None:
+        # Each thread of the pool takes its own model as it starts, as each in-process one runs
+        # its own.
+        self._local.model = self._unclaimed.get_nowait()
 
     def _classify(self, data: bytes) -> int:
-        return int(run_images(self._local.backend, data, self._manifest, 1)[0].argmax())
+        return int(run_images(self._local.model, data, 1)[0].argmax())
 
     async def inference(
         self, request: inference_pb2.InferenceRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -92,7 +92,7 @@ def _encoded_images(images: list[bytes], model: str) -> KServeInput:
 
 def _preprocessed_images(images: list[bytes], model: str) -> KServeInput:
     """The input ``input``: FP32 [N, 3, H, W], the images already pre-processed as the model's
-    manifest says (its zoo entry's preprocessing, which export writes there)."""
+    config.pbtxt says (its zoo entry's preprocessing, which export writes there)."""
     from export.zoo import get_spec  # imports torch: only for the clients that need it
 
     preprocessing = get_spec(model).preprocessing
@@ -208,16 +208,14 @@ def _target(args: argparse.Namespace) -> Iterator[str]:
 
 def _in_process(args: argparse.Namespace, image: bytes) -> dict[str, Any]:
     from benchmarks.ceiling import measure_ceiling, measure_single_image_latency
-    from serve.backends import load_manifest
 
     backend = args.backend if args.backend != "auto" else "onnxruntime"
-    manifest = load_manifest(args.artifacts, args.model)
     with tqdm(desc="in-process", unit="img", file=sys.stderr, leave=False) as bar:
         ceiling = measure_ceiling(
-            backend, args.artifacts, manifest, image, seconds=args.duration or 10.0,
+            args.artifacts, args.model, backend, image, seconds=args.duration or 10.0,
             images_per_request=args.images_per_request, on_image=bar.update,
         )  # fmt: skip
-    latency = measure_single_image_latency(backend, args.artifacts, manifest, image)
+    latency = measure_single_image_latency(args.artifacts, args.model, backend, image)
     return {
         "mode": "in-process",
         "backend": backend,

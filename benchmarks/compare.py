@@ -23,14 +23,16 @@ import grpc
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.ceiling import open_image_model
 from benchmarks.loadgen import LoadResult, closed_loop
 from benchmarks.process import ServerProcess
 from export.catalog import DEFAULT_MODEL, MODEL_NAMES, SAMPLE_IMAGES
-from serve.backends import BACKENDS, load_backend, load_manifest, run_single
+from serve.backends import BACKENDS, run_single
 from serve.config import DEFAULT_ARTIFACTS
 from serve.imaging import ImageLimits, load_image
-from serve.models import backend_defaults
+from serve.loading import backend_defaults
 from serve.pb import inference_pb2, inference_pb2_grpc
+from serve.repository import ModelEntry, scan_model
 
 __all__ = ["main"]
 
@@ -55,21 +57,19 @@ def in_process(
     settings: CompareSettings, backend: str, tick: Callable[[int], object]
 ) -> list[dict[str, Any]]:
     """The model alone: one instance using every core, as a single request would see it."""
-    manifest = load_manifest(settings.artifacts, settings.model)
     threads = os.cpu_count() or 1
-    model = load_backend(backend, settings.artifacts, manifest, threads)
-    image = load_image(settings.image.read_bytes(), 0, ImageLimits(), manifest.preprocessing)
+    model = open_image_model(settings.artifacts, settings.model, backend, threads)
+    image = load_image(settings.image.read_bytes(), 0, ImageLimits(), model.preprocessing)
     rows = []
     for batch_size in BATCH_SIZES:
         batch = np.stack([image] * batch_size)
         for _ in range(3):
-            run_single(
-                model, batch
-            )  # warm-up: allocation, and TorchScript's profiling runs per shape
+            # warm-up: allocation, and TorchScript's profiling runs per shape
+            run_single(model.backend, batch)
         seconds = []
         for _ in range(settings.iterations):
             started = time.perf_counter()
-            run_single(model, batch)
+            run_single(model.backend, batch)
             seconds.append(time.perf_counter() - started)
             tick(1)
         median = statistics.median(seconds)
@@ -112,6 +112,14 @@ async def _drive(
             await closed_loop(send, concurrency, requests=settings.requests, on_request=tick)
             for concurrency in CONCURRENCIES
         ]
+
+
+def model_backends(settings: CompareSettings) -> list[str]:
+    """The backends the model's files can run on, as the server's repository scan finds them."""
+    entry = scan_model(settings.artifacts, settings.model)
+    if not isinstance(entry, ModelEntry):
+        raise entry.error
+    return list(entry.backends)
 
 
 def compare(settings: CompareSettings, backends: list[str]) -> dict[str, Any]:
@@ -179,7 +187,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES)
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated")
+    parser.add_argument(
+        "--backends",
+        help=f"comma-separated, of {', '.join(BACKENDS)} (default: each the model has a file for)",
+    )
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     parser.add_argument(
         "--iterations", type=int, default=30, help="timed model calls per batch size"
@@ -190,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = CompareSettings(
         args.model, args.artifacts, args.iterations, args.requests, args.image
     )
-    results = compare(settings, [b for b in args.backends.split(",") if b])
+    backends = args.backends.split(",") if args.backends else model_backends(settings)
+    results = compare(settings, [b for b in backends if b])
     folder = args.artifacts / args.model / "compare"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "compare.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.ceiling import open_image_model
 from export.catalog import SAMPLE_IMAGES
-from export.manifest import Manifest
-from serve.backends import load_backend, run_single
+from export.manifest import Preprocessing
+from serve.backends import run_single
 from serve.imaging import ImageLimits, load_image
 
 __all__ = ["DraftResult", "big_photo", "measure_draft"]
@@ -47,25 +48,25 @@ def big_photo() -> bytes:
     return buffer.getvalue()
 
 
-def _median_ms(data: bytes, limits: ImageLimits, manifest: Manifest, runs: int) -> float:
+def _median_ms(data: bytes, limits: ImageLimits, pre: Preprocessing, runs: int) -> float:
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        load_image(data, 0, limits, manifest.preprocessing)
+        load_image(data, 0, limits, pre)
         samples.append(time.perf_counter() - started)
     return statistics.median(samples) * 1000
 
 
-def measure_draft(artifacts: Path, manifest: Manifest, runs: int = 50) -> DraftResult:
+def measure_draft(repository: Path, name: str, runs: int = 50) -> DraftResult:
+    """``big_photo`` through ``repository/name``'s pre-processing, with and without draft mode."""
     data = big_photo()
     draft, full = ImageLimits(draft=True), ImageLimits(draft=False)
-    model = load_backend("onnxruntime", artifacts, manifest, 1)
-    batch = np.stack(
-        [load_image(data, 0, limits, manifest.preprocessing) for limits in (draft, full)]
-    )
-    top1 = run_single(model, batch).argmax(axis=1)
+    model = open_image_model(repository, name, "onnxruntime", 1)
+    pre = model.preprocessing
+    batch = np.stack([load_image(data, 0, limits, pre) for limits in (draft, full)])
+    top1 = run_single(model.backend, batch).argmax(axis=1)
     return DraftResult(
-        draft_ms=_median_ms(data, draft, manifest, runs),
-        full_ms=_median_ms(data, full, manifest, runs),
+        draft_ms=_median_ms(data, draft, pre, runs),
+        full_ms=_median_ms(data, full, pre, runs),
         same_top1=bool(top1[0] == top1[1]),
     )

@@ -57,6 +57,15 @@ class ServerProcess:
         return self._process.pid
 
     def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:  # failed or interrupted: no server or folder left behind
+            self._stop()
+            self._folder.cleanup()
+            raise
+        return self
+
+    def _start(self) -> None:
         started = time.perf_counter()
         command = [self._python, "-m", self._module, "--port", "0", "--ready-file",
                    str(self._ready), *self._arguments]  # fmt: skip
@@ -68,12 +77,10 @@ class ServerProcess:
             if self._process.poll() is not None:
                 raise RuntimeError(f"server exited at start-up:\n{self._log.read_text()}")
             if time.perf_counter() - started > self._timeout:
-                self._stop()
                 raise TimeoutError(f"server not ready in {self._timeout} s")
             time.sleep(0.05)
         self.startup_seconds = time.perf_counter() - started
         self.port = int(json.loads(self._ready.read_text())["port"])
-        return self
 
     def __exit__(
         self,

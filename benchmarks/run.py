@@ -51,9 +51,10 @@ from benchmarks.process import ServerProcess
 from export.catalog import SAMPLE_IMAGES
 from export.pipeline import export_model
 from export.zoo import WeightsUnavailable
-from serve.backends import ArtifactError, load_manifest
 from serve.config import DEFAULT_ARTIFACTS
+from serve.errors import ArtifactError
 from serve.pb import inference_pb2, inference_pb2_grpc
+from serve.provenance import check_export
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 IMAGE = SAMPLE_IMAGES / "cat.jpg"
@@ -85,9 +86,11 @@ def ensure_exported(model: str, artifacts: Path) -> str:
     """Uses the current export, else exports; ResNet34 falls back to random weights where its
     ImageNet weights can't be had (the same work, so the same speed)."""
     try:
-        return load_manifest(artifacts, model).weights_source
-    except ArtifactError:
-        pass
+        source = check_export(artifacts / model, model)
+    except ArtifactError:  # stale or modified: exported again below
+        source = None
+    if source is not None:
+        return source
     artifacts.mkdir(parents=True, exist_ok=True)
     try:
         return export_model(model, None, artifacts).manifest.weights_source
@@ -351,10 +354,10 @@ class Report:
 def run(artifacts: Path, seconds: float, soak_requests: int) -> Report:
     notes: list[str] = []
     image = IMAGE.read_bytes()
-    lite0 = load_manifest(artifacts, "efficientnet_lite0")
-    ceiling = CeilingRunner("onnxruntime", artifacts, lite0, image)
+    lite0 = "efficientnet_lite0"
+    ceiling = CeilingRunner(artifacts, lite0, "onnxruntime", image)
     slices = max(1, round(seconds / THROUGHPUT_SLICE_SECONDS))
-    lone = LoneImage("onnxruntime", artifacts, lite0, image)
+    lone = LoneImage(artifacts, lite0, "onnxruntime", image)
     draft = measure_draft(artifacts, lite0)
     common = ["--artifacts", str(artifacts)]
     if not h2load_installed():
@@ -406,8 +409,8 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> Report:
                        module="benchmarks.tutorial_server") as tutorial:  # fmt: skip
         baseline = load(tutorial.address, 32, seconds)
 
-    resnet = load_manifest(artifacts, "resnet34")
-    resnet_ceiling = CeilingRunner("onnxruntime", artifacts, resnet, image)
+    resnet_weights = check_export(artifacts / "resnet34", "resnet34")
+    resnet_ceiling = CeilingRunner(artifacts, "resnet34", "onnxruntime", image)
     with ServerProcess(["--model", "resnet34", *common]) as server:
         resnet34_c16 = throughput_beside_ceiling(resnet_ceiling, {
             "tutorial": loadgen_slice(server.address, "tutorial", image, 16, throughput_slice()),
@@ -415,7 +418,7 @@ def run(artifacts: Path, seconds: float, soak_requests: int) -> Report:
         resnet_c16 = resnet34_c16.results["tutorial"]
     notes.append(
         f"ResNet34 in-process ceiling: {resnet34_c16.ceiling_images_per_s:.1f} img/s "
-        f"(weights: {resnet.weights_source}), in slices alternating with the server's at c16"
+        f"(weights: {resnet_weights}), in slices alternating with the server's at c16"
     )
     notes.append(
         f"gRPC floor: an empty RPC (ListModels) at c1 takes {floor.percentile_ms(50):.2f} ms p50 "

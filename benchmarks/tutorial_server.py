@@ -22,18 +22,21 @@ from PIL import Image
 from torchvision import transforms as T
 
 from benchmarks import reference_server
-from export.manifest import WEIGHTS_NAME
+from export.manifest import EXPORTED_VERSION, WEIGHTS_NAME
 from export.zoo import get_spec
-from serve.backends import load_manifest
 from serve.pb import inference_pb2, inference_pb2_grpc
+from serve.provenance import check_export
 
 
 class InferenceService(inference_pb2_grpc.InferenceServerServicer):  # type: ignore[misc]
-    def __init__(self, model_name: str, artifacts: Path) -> None:
-        manifest = load_manifest(artifacts, model_name)
-        state = torch.load(artifacts / model_name / WEIGHTS_NAME, weights_only=True)
-        self.model = get_spec(model_name).build_with(state)
-        pre = manifest.preprocessing
+    def __init__(self, model_name: str, repository: Path) -> None:
+        folder = repository / model_name
+        check_export(folder, model_name)  # the export torchgrpc would serve, or a clear error
+        state = torch.load(folder / EXPORTED_VERSION / WEIGHTS_NAME, weights_only=True)
+        spec = get_spec(model_name)
+        self.model = spec.build_with(state)
+        # What the export wrote into config.pbtxt, so both servers do the same work.
+        pre = spec.preprocessing
         self.transforms = T.Compose(
             [
                 T.Resize((pre.height, pre.width)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,10 +13,32 @@ from torch import nn
 
 from export.fingerprint import ONNX_OPSET
 
-__all__ = ["export_onnx", "torchscript_is_wanted", "trace_torchscript"]
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "TORCH_DATATYPES",
+    "export_onnx",
+    "torchscript_is_wanted",
+    "trace_torchscript",
+]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+# The protocol's datatype of each torch dtype that has one (bfloat16, complex numbers have none).
+TORCH_DATATYPES: Mapping[torch.dtype, str] = {
+    torch.bool: "BOOL",
+    torch.uint8: "UINT8",
+    torch.uint16: "UINT16",
+    torch.uint32: "UINT32",
+    torch.uint64: "UINT64",
+    torch.int8: "INT8",
+    torch.int16: "INT16",
+    torch.int32: "INT32",
+    torch.int64: "INT64",
+    torch.float16: "FP16",
+    torch.float32: "FP32",
+    torch.float64: "FP64",
+}
 
 
 @contextmanager

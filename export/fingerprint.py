@@ -18,8 +18,9 @@ __all__ = ["ONNX_OPSET", "export_fingerprint", "exporter_installed", "library_ve
 # Opset 17 is supported by every ONNX Runtime of the last years and has all ops these CNNs need.
 ONNX_OPSET = 17
 _PACKAGE = Path(__file__).resolve().parent
-# The model definitions and conversions: a change to them changes what an export writes.
-_CODE = ("zoo/*.py", "convert.py")
+# The model definitions, conversions and entry layout: a change to them changes what an export
+# writes.
+_CODE = ("zoo/*.py", "convert.py", "pipeline.py", "triton_config.py", "manifest.py")
 
 
 def library_versions() -> dict[str, str]:

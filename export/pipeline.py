@@ -1,4 +1,16 @@
-"""The export stage, end to end: weights -> eager -> TorchScript + ONNX -> parity -> artifacts/."""
+"""The export stage, end to end: weights -> eager -> TorchScript + ONNX -> parity -> artifacts/.
+
+A model is written in Triton's repository layout, as one entry of the model repository:
+
+```
+artifacts/<model>/config.pbtxt    inputs, outputs, batching, pre-processing (parameters)
+artifacts/<model>/labels.txt      the class names, the logits output's label_filename
+artifacts/<model>/manifest.json   provenance: weights, parity, fingerprint, file hashes
+artifacts/<model>/1/model.onnx    the same model for each backend: ONNX Runtime,
+artifacts/<model>/1/model.pt      TorchScript,
+artifacts/<model>/1/weights.pt    and eager (a state dict for export.zoo.factories)
+```
+"""
 
 from __future__ import annotations
 
@@ -15,10 +27,21 @@ import torch
 from PIL import Image
 
 from export.catalog import SAMPLE_IMAGES
-from export.convert import export_onnx, torchscript_is_wanted, trace_torchscript
+from export.convert import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    torchscript_is_wanted,
+    trace_torchscript,
+)
 from export.fingerprint import ONNX_OPSET, export_fingerprint, library_versions
 from export.manifest import (
+    CONFIG_NAME,
+    EXPORTED_VERSION,
+    IMAGE_INPUT_PARAMETER,
+    LABELS_NAME,
     MANIFEST_NAME,
+    MANIFEST_VERSION,
     ONNX_NAME,
     TORCHSCRIPT_NAME,
     WEIGHTS_NAME,
@@ -29,6 +52,15 @@ from export.manifest import (
     read_manifest,
 )
 from export.parity import measure_parity
+from export.triton_config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    FACTORY_PARAMETER,
+    SOFTMAX_PARAMETER,
+    TORCHSCRIPT_OPTIMIZE_PARAMETER,
+    TensorConfig,
+    TritonConfig,
+    config_text,
+)
 from export.zoo import ModelSpec, get_spec
 from export.zoo.spec import state_dict_sha256
 
@@ -38,6 +70,12 @@ log = logging.getLogger(__name__)
 
 # Exported forms may differ from eager by float rounding only; more than this is a broken export.
 MAX_LOGIT_DIFF = 1e-2
+# The model files of the version folder, relative to the model folder.
+MODEL_FILES = tuple(
+    f"{EXPORTED_VERSION}/{name}" for name in (ONNX_NAME, TORCHSCRIPT_NAME, WEIGHTS_NAME)
+)
+# The zoo's factories, which the eager backend builds the module with before loading weights.pt.
+FACTORIES = "export.zoo.factories"
 
 
 class ParityError(Exception):
@@ -46,6 +84,7 @@ class ParityError(Exception):
 
 @dataclass(frozen=True)
 class ExportResult:
+    # The model folder: artifacts/<model>.
     folder: Path
     manifest: Manifest
     skipped: bool
@@ -67,12 +106,15 @@ def export_model(
 
     with tempfile.TemporaryDirectory(dir=artifacts, prefix=f".{spec.name}-") as tmp:
         staging = Path(tmp) / spec.name
-        staging.mkdir()
+        (staging / EXPORTED_VERSION).mkdir(parents=True)
         manifest = _write_artifacts(spec, loaded.state_dict, loaded.source, weights_sha, staging)
-        manifest_text = manifest.to_json()
+        (staging / CONFIG_NAME).write_text(config_text(_triton_config(spec, manifest)))
+        (staging / LABELS_NAME).write_text("".join(f"{label}\n" for label in spec.labels))
         _replace_folder(staging, folder)
         # The manifest goes last: a folder without one is never mistaken for a finished export.
-        (folder / MANIFEST_NAME).write_text(manifest_text)
+        written = Path(tmp) / MANIFEST_NAME
+        written.write_text(manifest.to_json())
+        written.replace(folder / MANIFEST_NAME)
     return ExportResult(folder, manifest, skipped=False)
 
 
@@ -85,17 +127,20 @@ def _write_artifacts(
     with torch.no_grad():
         eager_logits = model(example).numpy()
 
+    version = out / EXPORTED_VERSION
     log.info("tracing %s to TorchScript", spec.name)
     scripted, optimized = trace_torchscript(model, example)
-    scripted.save(str(out / TORCHSCRIPT_NAME))
+    scripted.save(str(version / TORCHSCRIPT_NAME))
     log.info("exporting %s to ONNX (opset %d)", spec.name, ONNX_OPSET)
-    export_onnx(model, example, out / ONNX_NAME)
-    onnx.checker.check_model(str(out / ONNX_NAME))
-    torch.save(state, out / WEIGHTS_NAME)
+    export_onnx(model, example, version / ONNX_NAME)
+    onnx.checker.check_model(str(version / ONNX_NAME))
+    torch.save(state, version / WEIGHTS_NAME)
 
     parity = {
-        "torchscript": measure_parity(eager_logits, _torchscript_logits(out, images)),
-        "onnxruntime": measure_parity(eager_logits, _onnx_logits(out, images)),
+        "torchscript": measure_parity(
+            eager_logits, _torchscript_logits(version / TORCHSCRIPT_NAME, images)
+        ),
+        "onnxruntime": measure_parity(eager_logits, _onnx_logits(version / ONNX_NAME, images)),
     }
     _check_parity(spec.name, parity)
     return Manifest(
@@ -109,10 +154,28 @@ def _write_artifacts(
         parity=parity,
         versions=library_versions(),
         fingerprint=export_fingerprint(spec.name, weights_sha),
-        files={
-            name: file_sha256(out / name) for name in (TORCHSCRIPT_NAME, ONNX_NAME, WEIGHTS_NAME)
-        },
+        files={path: file_sha256(out / path) for path in MODEL_FILES},
         torchscript_optimized=optimized,
+    )
+
+
+def _triton_config(spec: ModelSpec, manifest: Manifest) -> TritonConfig:
+    """A batching image classifier: every backend's file serves it, the server picks one."""
+    parameters = {
+        IMAGE_INPUT_PARAMETER: INPUT_NAME,
+        **spec.preprocessing.to_parameters(),
+        SOFTMAX_PARAMETER: OUTPUT_NAME,
+        FACTORY_PARAMETER: f"{FACTORIES}:{spec.name}",
+    }
+    if manifest.torchscript_optimized:
+        parameters[TORCHSCRIPT_OPTIMIZE_PARAMETER] = "true"
+    return TritonConfig(
+        name=spec.name,
+        max_batch_size=DEFAULT_MAX_BATCH_SIZE,
+        inputs=(TensorConfig(INPUT_NAME, "FP32", spec.preprocessing.output_shape),),
+        outputs=(TensorConfig(OUTPUT_NAME, "FP32", (len(spec.labels),), LABELS_NAME),),
+        dynamic_batching=True,
+        parameters=parameters,
     )
 
 
@@ -125,19 +188,16 @@ def sample_batch(spec: ModelSpec) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _torchscript_logits(folder: Path, images: np.ndarray) -> np.ndarray:
+def _torchscript_logits(path: Path, images: np.ndarray) -> np.ndarray:
     with torchscript_is_wanted():
-        path = str(folder / TORCHSCRIPT_NAME)
-        module = torch.jit.load(path, map_location="cpu")  # type: ignore[no-untyped-call]
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
     with torch.no_grad():
         result: np.ndarray = module(torch.from_numpy(images)).numpy()
     return result
 
 
-def _onnx_logits(folder: Path, images: np.ndarray) -> np.ndarray:
-    session = onnxruntime.InferenceSession(
-        str(folder / ONNX_NAME), providers=["CPUExecutionProvider"]
-    )
+def _onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     result: np.ndarray = session.run(None, {session.get_inputs()[0].name: images})[0]
     return result
 
@@ -157,11 +217,20 @@ def _check_parity(model: str, parity: dict[str, Parity]) -> None:
 
 
 def _current_manifest(folder: Path) -> Manifest | None:
+    """The manifest of a complete export in this layout whose files are as it wrote them. The
+    config and labels may have been edited (a user tuning instances, say): they must exist."""
     try:
         manifest = read_manifest(folder)
     except (OSError, ValueError, KeyError):
         return None
-    return manifest if manifest.files and not modified_files(folder, manifest) else None
+    complete = (
+        manifest.manifest_version == MANIFEST_VERSION
+        and set(manifest.files) == set(MODEL_FILES)
+        and (folder / CONFIG_NAME).is_file()
+        and (folder / LABELS_NAME).is_file()
+        and not modified_files(folder, manifest)
+    )
+    return manifest if complete else None
 
 
 def _replace_folder(new: Path, final: Path) -> None:

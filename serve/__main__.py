@@ -8,8 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve.backends import ArtifactError
 from serve.config import add_arguments, config_from_args
+from serve.errors import TorchgrpcError
 from serve.server import run
 from serve.workers import run_workers
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_workers(config, Path(folder))
         else:
             run(config)
-    except (ArtifactError, OSError, RuntimeError, TimeoutError) as error:
+    except (TorchgrpcError, OSError, RuntimeError, TimeoutError) as error:
         logging.getLogger("serve").error("%s", error)
         return 1
     return 0

@@ -31,6 +31,7 @@ DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 # Listens on 127.0.0.1 and ::1: reachable from this machine only, which is the safe default.
 LOOPBACK = "localhost"
 AUTOMATIC = 0
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
 
 def _setting(
@@ -62,8 +63,10 @@ def _boolean(text: str) -> bool:
 @dataclass(frozen=True)
 class ServerConfig:
     models: tuple[str, ...] = _setting(
-        (DEFAULT_MODEL,),
-        "models to serve, comma-separated; the first is the default",
+        (),
+        "models of the repository to load at start-up, comma-separated; the first is the "
+        f"default model (of requests that name none). Empty: every model, {DEFAULT_MODEL} "
+        "the default when present",
         _names,
         flags=("--model", "--models"),
     )
@@ -72,7 +75,27 @@ class ServerConfig:
     )
     host: str = _setting(LOOPBACK, "address to listen on; 'localhost' = 127.0.0.1 and ::1 only")
     port: int = _setting(50052, "port; 0 picks a free one")
-    artifacts: Path = _setting(DEFAULT_ARTIFACTS, "folder the export stage wrote", Path)
+    model_repository: Path = _setting(
+        DEFAULT_ARTIFACTS,
+        "the model repository: one folder per model, in Triton's layout (the export stage "
+        "writes the built-in models there)",
+        Path,
+        flags=("--model-repository", "--artifacts"),
+    )
+    model_control: str = _setting(
+        "none",
+        "none: the start-up models, fixed; poll: reload models whose files change, load new "
+        "ones, unload removed ones; explicit: RepositoryModelLoad/Unload requests do",
+    )
+    repository_poll_seconds: float = _setting(
+        15.0, "with --model-control poll: seconds between two looks at the repository"
+    )
+    allow_python_factories: bool = _setting(
+        False,
+        "let models whose config names a Python factory (eager backend) run that code: only "
+        "for repositories you trust",
+        _boolean,
+    )
     max_message_bytes: int = _setting(64 * 1024 * 1024, "largest request accepted, in bytes")
     max_pixels: int = _setting(DEFAULT_MAX_PIXELS, "largest image accepted, width x height")
     max_request_pixels: int = _setting(
@@ -105,8 +128,13 @@ class ServerConfig:
     workers: int = _setting(1, "server processes sharing the port (SO_REUSEPORT), for many cores")
 
     def __post_init__(self) -> None:
-        if not self.models:
-            raise ValueError("at least one model is needed")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ValueError(
+                f"unknown model control {self.model_control!r} "
+                f"(known: {', '.join(MODEL_CONTROL_MODES)})"
+            )
+        if not self.repository_poll_seconds > 0:
+            raise ValueError("repository_poll_seconds must be positive")
         if self.backend != AUTO and self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})")
         if not 0 <= self.port <= 65535:
@@ -161,12 +189,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parse = setting.metadata["parse"] or type(default)
         shown = ",".join(sorted(default)) if isinstance(default, frozenset | tuple) else default
         flags = setting.metadata["flags"] or ("--" + setting.name.replace("_", "-"),)
+        # A switch may be given alone (``--allow-python-factories``) or with a value.
+        switch: dict[str, Any] = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
         parser.add_argument(
             *flags,
             dest=setting.name,
             type=parse,
             default=argparse.SUPPRESS,
             help=f"{setting.metadata['help']} (default: {shown})",
+            **switch,
         )
 
 

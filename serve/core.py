@@ -9,71 +9,47 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from serve.batching import Call
-from serve.errors import InvalidArgument, ModelNotFound, shortened
+from serve.errors import InvalidArgument
 from serve.fronts.classification import Label, check_k
+from serve.model_table import ModelTable
 from serve.models import ModelInfo, ServedModel
 from serve.statistics import InferenceStatistics
 from serve.tensors import InferRequest, InferResponse, RequestedOutput, Tensor, datatype_of
 
-__all__ = ["DEFAULT_TOP_K", "InferenceCore", "ModelStatus"]
+__all__ = ["DEFAULT_TOP_K", "InferenceCore"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP_K = 5
-READY = "READY"
 _SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
 
 
-@dataclass(frozen=True)
-class ModelStatus:
-    """A model's line in the repository index."""
-
-    name: str
-    version: str
-    state: str
-    reason: str = ""
-
-
 class InferenceCore:
-    def __init__(self, models: Sequence[ServedModel]) -> None:
-        if not models:
-            raise ValueError("the core needs at least one model")
-        self._models = {model.name: model for model in models}
-        self.default_model = models[0].name
+    def __init__(self, table: ModelTable) -> None:
+        self._table = table
+
+    @property
+    def default_model(self) -> str:
+        return self._table.default_model
 
     @property
     def models(self) -> list[ModelInfo]:
-        return [model.info for model in self._models.values()]
-
-    @property
-    def served(self) -> list[ServedModel]:
-        return list(self._models.values())
+        """Every served model (its newest version)."""
+        return [model.info for model in self._table.newest()]
 
     def model(self, name: str, version: str = "") -> ServedModel:
-        """The model called ``name`` (the default one for "") at ``version`` ("" = latest)."""
-        try:
-            served = self._models[name or self.default_model]
-        except KeyError:
-            known = ", ".join(self._models)
-            raise ModelNotFound(
-                f"model {shortened(name)} is not served here (served: {known})"
-            ) from None
-        if version not in ("", served.version):
-            raise ModelNotFound(
-                f"model {shortened(served.name)} has no version {shortened(version)} "
-                f"(versions: {served.version})"
-            )
-        return served
+        """The model called ``name`` (the default one for "") at ``version`` ("" = newest)."""
+        return self._table.model(name, version)
+
+    def versions(self, name: str) -> list[str]:
+        """The served versions of ``name``, newest first."""
+        return [str(number) for number in self._table.versions(name)]
 
     def is_ready(self, name: str, version: str = "") -> bool:
-        try:
-            self.model(name, version)
-        except ModelNotFound:
-            return False
-        return True
+        return self._table.is_ready(name, version)
 
     async def predict(self, images: Sequence[bytes], *, model: str = "", call: Call) -> list[int]:
         """The tutorial's API: the most probable class id of every image, in order."""
@@ -105,7 +81,7 @@ class InferenceCore:
         for output in wanted:
             served.signature.output(output.name)
             if output.classification:
-                check_k(output.classification, served.class_scores().labels)
+                check_k(output.classification, served.labelled(output.name).labels)
         started = time.perf_counter()
         outputs = await served.infer(request.inputs, call)
         _log_request("infer", served, -1, started)
@@ -113,23 +89,23 @@ class InferenceCore:
         for output in wanted:
             data = outputs[output.name]
             if output.classification:
-                data = served.class_scores().classification(data, output.classification)
+                data = served.labelled(output.name).classification(data, output.classification)
             tensors.append(Tensor(output.name, datatype_of(data).name, data))
         return InferResponse(served.name, served.version, tuple(tensors), request.id)
 
     def statistics(
         self, name: str = "", version: str = ""
     ) -> list[tuple[ServedModel, InferenceStatistics]]:
-        """Every model's statistics for "", else the named model's."""
-        models = [self.model(name, version)] if name else self.served
+        """Every served version's statistics for "", else the named model's (every served
+        version of it when ``version`` is "")."""
+        if not name:
+            models = self._table.served()
+        elif version:
+            models = [self.model(name, version)]
+        else:
+            models = [self.model(name), *self._table.versions(name).values()]
+            models = list({id(m): m for m in models}.values())
         return [(model, model.batcher.statistics) for model in models]
-
-    def repository_index(self) -> list[ModelStatus]:
-        return [ModelStatus(m.name, m.version, READY) for m in self.served]
-
-    async def close(self) -> None:
-        for model in self._models.values():
-            await model.close()
 
 
 def _with_request_parameters(call: Call, parameters: Mapping[str, object]) -> Call:

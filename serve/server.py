@@ -23,15 +23,18 @@ from grpc_reflection.v1alpha import reflection
 
 from serve.config import LOOPBACK, ServerConfig
 from serve.core import InferenceCore
-from serve.models import load_model
+from serve.model_control import ModelControl
 from serve.services import WireService
 from serve.services.classifier import ClassifierService
 from serve.services.kserve import KServeService
 from serve.services.tutorial import TutorialService
 
-__all__ = ["Server", "run", "write_atomically"]
+__all__ = ["MODEL_HEALTH_PREFIX", "Server", "run", "write_atomically"]
 
 log = logging.getLogger("serve")
+
+# grpc.health.v1 has a service name per model: "model/<name>" (no model name holds a "/").
+MODEL_HEALTH_PREFIX = "model/"
 
 
 class Server:
@@ -42,6 +45,8 @@ class Server:
         self._decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
         self._grpc: grpc.aio.Server | None = None
         self._core: InferenceCore | None = None
+        self._control: ModelControl | None = None
+        self._health_updates: set[asyncio.Future[None]] = set()
         self._health = health_aio.HealthServicer()
         self._stop_requested = asyncio.Event()
         # Ready from the moment every model is loaded and the port is bound, until shutdown.
@@ -53,22 +58,23 @@ class Server:
             raise RuntimeError("the server is not started")
         return self._core
 
+    @property
+    def control(self) -> ModelControl:
+        if self._control is None:
+            raise RuntimeError("the server is not started")
+        return self._control
+
     async def start(self) -> None:
-        """Loads every model (off the loop), binds, and reports SERVING once requests can run."""
-        models = await asyncio.gather(
-            *(
-                asyncio.to_thread(load_model, name, self.config, self._decode_pool)
-                for name in self.config.models
-            )
-        )
-        for model in models:
-            model.batcher.start()
-        self._core = InferenceCore(models)
+        """Loads the start-up models (off the loop), binds, and reports SERVING once requests can
+        run."""
+        self._control = ModelControl(self.config, self._decode_pool, self._model_health)
+        await self._control.start()
+        self._core = InferenceCore(self._control.table)
         self._grpc = grpc.aio.server(options=self._grpc_options())
         services: list[WireService] = [
             TutorialService(self._core),
             ClassifierService(self._core),
-            KServeService(self._core, self.is_ready),
+            KServeService(self._core, self._control, self.is_ready),
         ]
         for service in services:
             service.register(self._grpc)
@@ -86,11 +92,22 @@ class Server:
         await self._grpc.start()
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for status in await self._control.index():
+            self._model_health(status.name, self._control.table.is_ready(status.name))
         self._ready = True
         self._announce()
 
     def is_ready(self) -> bool:
         return self._ready
+
+    def _model_health(self, name: str, ready: bool) -> None:
+        """Called on the event loop whenever a model's readiness may have changed."""
+        statuses = health_pb2.HealthCheckResponse
+        status = statuses.SERVING if ready else statuses.NOT_SERVING
+        # HealthServicer.set only records the status and tells watchers: a task, run in order.
+        task = asyncio.ensure_future(self._health.set(MODEL_HEALTH_PREFIX + name, status))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     async def stop(self) -> None:
         """NOT_SERVING first (probes steer traffic away), then stop accepting and drain within the
@@ -100,8 +117,9 @@ class Server:
             await self._health.enter_graceful_shutdown()
             await self._grpc.stop(self.config.grace_seconds)
             self._grpc = None
-        if self._core is not None:
-            await self._core.close()
+        if self._control is not None:
+            await self._control.close()
+            self._control = None
             self._core = None
             log.info("server stopped")
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
@@ -172,7 +190,7 @@ class Server:
         return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
 
     def _announce(self) -> None:
-        models = ", ".join(f"{m.name} ({m.backend})" for m in self.core.models)
+        models = ", ".join(f"{m.name} ({m.backend})" for m in self.core.models) or "no model"
         log.info("serving %s on %s", models, ", ".join(self.addresses))
         if not self.config.is_loopback and self.config.tls_cert is None:
             log.warning(

@@ -111,7 +111,9 @@ def resnet34_export(torch_home: Path) -> ExportResult:
 
 @pytest.fixture(scope="session")
 def base_config(lite0_export: ExportResult, resnet34_export: ExportResult) -> ServerConfig:
-    return ServerConfig(models=("efficientnet_lite0", "resnet34"), artifacts=TEST_ARTIFACTS, port=0)
+    return ServerConfig(
+        models=("efficientnet_lite0", "resnet34"), model_repository=TEST_ARTIFACTS, port=0
+    )
 
 
 @pytest.fixture(scope="session")

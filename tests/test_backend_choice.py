@@ -31,28 +31,50 @@ def write_compare(folder: Path, rates: dict[str, list[float]]) -> None:
     (folder / "compare" / "compare.json").write_text(json.dumps(results))
 
 
+ALL = ("onnxruntime", "torchscript", "eager")
+
+
 def test_auto_picks_the_best_measured_throughput(tmp_path: Path) -> None:
     write_compare(tmp_path / "m", {"onnxruntime": [40, 90], "torchscript": [30, 120], "eager": [9]})
-    choice = choose_backend("auto", tmp_path, "m")
+    choice = choose_backend("auto", ALL, None, tmp_path / "m")
     assert choice.backend == "torchscript"
     assert "torchscript 120" in choice.reason
 
 
+def test_auto_chooses_among_the_formats_the_model_has(tmp_path: Path) -> None:
+    write_compare(tmp_path / "m", {"onnxruntime": [40, 90], "torchscript": [30, 120]})
+    choice = choose_backend("auto", ("onnxruntime",), None, tmp_path / "m")
+    assert (choice.backend, choice.reason) == (
+        "onnxruntime",
+        "fastest over gRPC in `make compare` (img/s: onnxruntime 90)",
+    )
+
+
 def test_without_figures_auto_falls_back_to_the_stated_order(tmp_path: Path) -> None:
-    choice = choose_backend("auto", tmp_path, "m")
+    choice = choose_backend("auto", ALL, None, tmp_path / "m")
     assert choice.backend == "onnxruntime"
     assert "no `make compare` figures" in choice.reason
+    assert choose_backend("auto", ("eager", "torch_export"), None, tmp_path).backend == (
+        "torch_export"
+    )
 
 
 def test_unreadable_figures_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "m" / "compare").mkdir(parents=True)
     (tmp_path / "m" / "compare" / "compare.json").write_text("{not json")
-    assert choose_backend("auto", tmp_path, "m").backend == "onnxruntime"
+    assert choose_backend("auto", ALL, None, tmp_path / "m").backend == "onnxruntime"
 
 
 def test_an_explicit_backend_is_kept(tmp_path: Path) -> None:
     write_compare(tmp_path / "m", {"torchscript": [500]})
-    assert choose_backend("eager", tmp_path, "m").backend == "eager"
+    assert choose_backend("eager", ALL, None, tmp_path / "m").backend == "eager"
+
+
+def test_config_pbtxt_wins_and_a_missing_format_falls_back(tmp_path: Path) -> None:
+    assert choose_backend("eager", ALL, "onnxruntime", tmp_path).reason == "named in config.pbtxt"
+    choice = choose_backend("torchscript", ("onnxruntime",), None, tmp_path)
+    assert choice.backend == "onnxruntime"
+    assert choice.reason.startswith("--backend torchscript has no file in this model's folder")
 
 
 def test_server_with_auto_serves_and_logs_the_choice(
@@ -64,7 +86,7 @@ def test_server_with_auto_serves_and_logs_the_choice(
     shutil.copytree(lite0_export.folder, tmp_path / "efficientnet_lite0")
     write_compare(tmp_path / "efficientnet_lite0", {"onnxruntime": [50], "torchscript": [70]})
     config = config_with(
-        base_config, models=("efficientnet_lite0",), artifacts=tmp_path, backend="auto"
+        base_config, models=("efficientnet_lite0",), model_repository=tmp_path, backend="auto"
     )
     with (
         caplog.at_level(logging.INFO),

@@ -127,7 +127,7 @@ def test_benchmark_times_c1_in_slices_beside_the_in_process_run(
     )
 
     image = CAT_JPG.read_bytes()
-    lone = LoneImage("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
+    lone = LoneImage(TEST_ARTIFACTS, "efficientnet_lite0", "onnxruntime", image)
     arguments = ["--artifacts", str(TEST_ARTIFACTS)]
     with (
         ServerProcess(arguments, module="benchmarks.bare_aio_server") as bare,
@@ -166,7 +166,7 @@ def test_benchmark_measures_throughput_in_slices_beside_the_ceiling(
     monkeypatch.setattr(benchmarks.bench, "WARM_UP_SECONDS", 0.2)
     length = benchmarks.run.throughput_slice()
     image = CAT_JPG.read_bytes()
-    ceiling = CeilingRunner("onnxruntime", TEST_ARTIFACTS, lite0_export.manifest, image)
+    ceiling = CeilingRunner(TEST_ARTIFACTS, "efficientnet_lite0", "onnxruntime", image)
     arguments = ["--artifacts", str(TEST_ARTIFACTS), "--instances", str(ceiling.instances)]
     with ServerProcess(arguments, module="benchmarks.bare_aio_server") as bare:
         contenders = {

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 from PIL import ExifTags, Image, ImageFile, ImageOps
+from torchvision.transforms.functional import center_crop, resize
 
 from export.manifest import Preprocessing
 from serve.errors import ImageError, ResourceExhausted
@@ -325,6 +326,15 @@ def test_preprocess_at_target_size_skips_resize() -> None:
         ({"std": (1.0, 0.0, 1.0)}, "non-zero"),
         ({"height": 0}, "positive"),
         ({"width": -4}, "positive"),
+        ({"mean": (1.0, 2.0)}, "mean must be three numbers"),
+        ({"std": (1.0, float("nan"), 1.0)}, "std must be three numbers"),
+        ({"resize_shorter": -1}, "0 or positive"),
+        ({"resize_shorter": 3}, "resize_shorter 3 must be at least the crop's larger side, 4 "),
+        ({"width": 6, "resize_shorter": 5}, "at least the crop's larger side, 6 "),
+        ({"scale": 0.0}, "scale must be a positive number"),
+        ({"scale": float("inf")}, "scale must be a positive number"),
+        ({"channel_order": "rgb"}, "channel_order must be RGB or BGR, not 'rgb'"),
+        ({"layout": "CHW"}, "layout must be NCHW or NHWC, not 'CHW'"),
     ],
 )
 def test_preprocessing_is_checked_when_constructed(kwargs: dict[str, object], match: str) -> None:
@@ -343,6 +353,141 @@ def test_preprocessing_needs_rgb() -> None:
     # Converting other modes is the decoder's job (see _to_rgb), never silently redone here.
     with pytest.raises(ValueError, match="needs an RGB image, not mode L"):
         SKEWED.apply(Image.new("L", (4, 4)))
+
+
+def random_image(width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(7).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("channel_order", ["RGB", "BGR"])
+@pytest.mark.parametrize("scale", [1.0, 1 / 255])
+def test_preprocess_scale_channel_order_and_layout(
+    scale: float, channel_order: str, layout: str
+) -> None:
+    pre = Preprocessing(
+        5, 7, SKEWED.mean, SKEWED.std, scale=scale, channel_order=channel_order, layout=layout
+    )
+    image = random_image(7, 5)
+    hwc = np.asarray(image, dtype=np.float32)
+    if channel_order == "BGR":
+        hwc = hwc[..., ::-1]
+    mean, std = np.float32(SKEWED.mean), np.float32(SKEWED.std)
+    expected = (hwc * np.float32(scale) - mean) / std
+    if layout == "NCHW":
+        expected = expected.transpose(2, 0, 1)
+    out = pre.apply(image)
+    assert out.shape == pre.output_shape == ((5, 7, 3) if layout == "NHWC" else (3, 5, 7))
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("name", "height", "width", "shorter"),
+    [("cat.jpg", 224, 224, 256), ("coffee.jpg", 200, 240, 256), ("cat.jpg", 224, 224, 224)],
+)
+def test_resize_shorter_then_crop_is_torchvisions(
+    name: str, height: int, width: int, shorter: int
+) -> None:
+    """Resize(shorter) then CenterCrop((height, width)), as torchvision does it on PIL images."""
+    pre = Preprocessing(height, width, SKEWED.mean, SKEWED.std, resize_shorter=shorter)
+    with Image.open(IMAGES / name) as image:
+        rgb = image.convert("RGB")
+    cropped = center_crop(resize(rgb, [shorter]), [height, width])
+    hwc = np.asarray(cropped, dtype=np.float32)
+    expected = ((hwc - np.float32(SKEWED.mean)) / np.float32(SKEWED.std)).transpose(2, 0, 1)
+    assert np.array_equal(pre.apply(rgb), expected)
+
+
+@pytest.mark.parametrize(("size", "resized"), [((300, 600), (256, 512)), ((500, 400), (320, 256))])
+def test_resize_shorter_keeps_the_aspect_ratio(
+    size: tuple[int, int], resized: tuple[int, int]
+) -> None:
+    """A gradient shows where the crop came from: the middle of the resized image."""
+    width, height = size
+    ramp = np.broadcast_to(np.arange(width, dtype=np.float32) * 255 / (width - 1), (height, width))
+    image = Image.fromarray(np.stack([ramp] * 3, axis=-1).astype(np.uint8), "RGB")
+    pre = Preprocessing(256, 256, resize_shorter=256)
+    out = pre.apply(image)[0]
+    expected = np.asarray(image.resize(resized, Image.Resampling.BILINEAR), dtype=np.float32)[
+        ..., 0
+    ]
+    top, left = (resized[1] - 256) // 2, (resized[0] - 256) // 2
+    assert np.array_equal(out, expected[top : top + 256, left : left + 256])
+
+
+def test_draft_size_keeps_what_the_preprocessing_reads() -> None:
+    assert LITE0.draft_size == (224, 224)
+    assert Preprocessing(200, 240).draft_size == (240, 200)
+    assert Preprocessing(224, 224, resize_shorter=256).draft_size == (256, 256)
+
+
+def test_default_parameters_are_the_three_always_written() -> None:
+    assert LITE0.to_parameters() == {
+        "image_resize": "bilinear",
+        "image_mean": "127,127,127",
+        "image_std": "128,128,128",
+    }
+    assert Preprocessing.from_parameters(LITE0.to_parameters(), 224, 224) == LITE0
+    assert Preprocessing.from_parameters({}, 4, 4) == Preprocessing(4, 4, (0, 0, 0), (1, 1, 1))
+
+
+def test_every_setting_round_trips_through_parameters() -> None:
+    pre = Preprocessing(
+        32,
+        48,
+        (0.485 * 255, 0.456 * 255, 0.406 * 255),
+        (0.229, 0.224, 0.225),
+        resize="BICUBIC",
+        resize_shorter=64,
+        scale=1 / 255,
+        channel_order="BGR",
+        layout="NHWC",
+    )
+    parameters = pre.to_parameters()
+    assert parameters == {
+        "image_resize": "bicubic",
+        "image_resize_shorter": "64",
+        "image_scale": "0.00392156862745098",
+        "image_mean": "123.675,116.28,103.53",
+        "image_std": "0.229,0.224,0.225",
+        "image_channel_order": "BGR",
+        "image_layout": "NHWC",
+    }
+    # Keys that are not about pre-processing belong to others, and are left alone.
+    others = {"image_input": "input", "softmax": "logits", "factory": "a.b:c"}
+    assert Preprocessing.from_parameters({**parameters, **others}, 32, 48) == pre
+
+
+def test_parameters_may_spell_the_scale_as_a_fraction() -> None:
+    pre = Preprocessing.from_parameters(
+        {"image_scale": "1/255", "image_mean": "0.5, 1/2, 5e-1"}, 4, 4
+    )
+    assert pre.scale == 1 / 255
+    assert pre.mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("image_mean", "1,2", "parameter image_mean: '1,2' is not three comma-separated numbers"),
+        ("image_std", "1,0,1", "parameter image_std: preprocessing std must be non-zero"),
+        ("image_std", "1,x,1", "parameter image_std: '1,x,1' is not three comma-separated"),
+        ("image_scale", "much", "parameter image_scale: 'much' is not a number"),
+        ("image_scale", "1/0", "parameter image_scale: '1/0' is not a number"),
+        ("image_scale", "-1", "parameter image_scale: .* must be a positive number"),
+        ("image_resize_shorter", "2.5", "parameter image_resize_shorter: '2.5' is not a whole"),
+        ("image_resize_shorter", "2", "parameter image_resize_shorter: .* larger side, 4"),
+        ("image_resize", "sideways", "parameter image_resize: unknown resize filter 'sideways'"),
+        ("image_channel_order", "GRB", "parameter image_channel_order: .* not 'GRB'"),
+        ("image_layout", "CHW", "parameter image_layout: .* not 'CHW'"),
+        ("image_means", "1,2,3", "unknown parameter 'image_means'"),
+    ],
+)
+def test_bad_parameters_are_named(key: str, value: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Preprocessing.from_parameters({key: value}, 4, 4)
 
 
 def test_draft_decodes_large_jpeg_smaller_but_not_below_target() -> None:

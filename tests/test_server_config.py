@@ -44,7 +44,7 @@ def test_options_are_parsed_into_typed_settings() -> None:
     assert config.batching(16).max_batch_size == 8
     assert config.batching(16).max_queue_delay == 0.0025
     assert ServerConfig().batching(16).max_batch_size == 16  # 0: the backend's default
-    assert config.artifacts == Path("/tmp/somewhere")
+    assert config.model_repository == Path("/tmp/somewhere")
     assert parse() == ServerConfig()
 
 
@@ -57,7 +57,8 @@ def test_options_are_parsed_into_typed_settings() -> None:
         ({"max_pixels": 0}, "max_pixels must be positive"),
         ({"formats": frozenset({"NOPE"})}, "NOPE"),
         ({"max_batch_size": -1}, "max_batch_size"),
-        ({"models": ()}, "at least one model"),
+        ({"model_control": "sometimes"}, "unknown model control 'sometimes'"),
+        ({"repository_poll_seconds": 0}, "repository_poll_seconds must be positive"),
     ],
 )
 def test_bad_settings_are_refused_at_construction(changes: dict[str, object], message: str) -> None:

@@ -1,19 +1,19 @@
 """ONNX Runtime on the CPU: the fastest backend on this kind of machine for both bundled models.
 
 The signature comes from the session itself: input and output names, element types and shapes
-(symbolic dimensions are variable).
+(symbolic dimensions are variable). What config.pbtxt declares must agree with it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime
 
-from export.manifest import ONNX_NAME, Manifest
+from serve.backends.base import BackendSpec, first_sentence, reconciled
 from serve.errors import ArtifactError
 from serve.tensors import VARIABLE, TensorSpec
 
@@ -37,6 +37,10 @@ _DATATYPES = {
 }
 
 
+# "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from /m/1/model.onnx failed:"
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .* failed:)?")
+
+
 def tensor_specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
     """ONNX Runtime's NodeArgs as TensorSpecs; refuses element types the protocol can't carry."""
     specs = []
@@ -53,9 +57,9 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     threads_per_instance = True
 
-    def __init__(self, folder: Path, manifest: Manifest, threads: int) -> None:
+    def __init__(self, spec: BackendSpec) -> None:
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = spec.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # A session with several intra-op threads hands work between them at every operator, and
@@ -69,19 +73,51 @@ class OnnxRuntimeBackend:
         # unchanged. ONNX Runtime versions without `spin_duration_us` ignore it, and
         # `force_spinning_stop` still ends the spinning after each run. Single-threaded
         # sessions, the server's default under load, have no threads to spin.
-        if threads > 1:
+        if spec.threads > 1:
             options.add_session_config_entry("session.intra_op.allow_spinning", "1")
             options.add_session_config_entry("session.intra_op.spin_duration_us", "500")
             options.add_session_config_entry("session.force_spinning_stop", "1")
         else:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = onnxruntime.InferenceSession(
-            str(folder / ONNX_NAME), options, providers=["CPUExecutionProvider"]
+        try:
+            self._session = onnxruntime.InferenceSession(
+                str(spec.model_file), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ONNX Runtime's errors derive from Exception alone
+            raise ArtifactError(
+                f"{spec.model_file.name} is not a model ONNX Runtime can load: {_reason(error)}"
+            ) from None
+        self.inputs = _declared(
+            "input", spec.inputs, tensor_specs(self._session.get_inputs()), every=True
         )
-        self.inputs = tensor_specs(self._session.get_inputs())
-        self.outputs = tensor_specs(self._session.get_outputs())
-        self._output_names = [spec.name for spec in self.outputs]
+        self.outputs = _declared("output", spec.outputs, tensor_specs(self._session.get_outputs()))
+        self._output_names = [output.name for output in self.outputs]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = self._session.run(self._output_names, dict(inputs))
         return dict(zip(self._output_names, results, strict=True))
+
+
+def _declared(
+    kind: str, declared: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...], every: bool = False
+) -> tuple[TensorSpec, ...]:
+    """The tensors config.pbtxt declares, each checked against the session's (all the session's
+    when it declares none). With ``every``, each of the session's tensors must be declared."""
+    if not declared:
+        return found
+    by_name = {spec.name: spec for spec in found}
+    for spec in declared:
+        if spec.name not in by_name:
+            raise ArtifactError(
+                f"config.pbtxt declares {kind} {spec.name!r}, which the ONNX model doesn't have "
+                f"(its {kind}s: {', '.join(by_name)})"
+            )
+    missing = set(by_name) - {spec.name for spec in declared}
+    if every and missing:
+        raise ArtifactError(f"config.pbtxt leaves out the ONNX model's {kind} {min(missing)!r}")
+    return tuple(reconciled(kind, spec, by_name[spec.name]) for spec in declared)
+
+
+def _reason(error: Exception) -> str:
+    """ONNX Runtime's message without its code prefix: "Protobuf parsing failed."."""
+    return _ORT_PREFIX.sub("", first_sentence(error))

@@ -1,4 +1,4 @@
-"""What both PyTorch backends need: process-wide settings, and a module pinned to one thread."""
+"""What the PyTorch backends share: process-wide settings, and a module pinned to one thread."""
 
 from __future__ import annotations
 
@@ -11,14 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from export.manifest import Manifest
-from serve.tensors import VARIABLE, TensorSpec
+from serve.tensors import DATATYPES, TensorSpec
 
-__all__ = ["PinnedModule", "manifest_specs"]
-
-# The tensor names the export stage gives the bundled models (export.convert).
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
+__all__ = ["Loaded", "PinnedModule", "TorchModule"]
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -28,13 +23,8 @@ _MMAP_THRESHOLD = 32 * 1024 * 1024
 _TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 TorchModule = Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]
-
-
-def manifest_specs(manifest: Manifest) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """A bundled model's inputs and outputs: PyTorch files don't record them, the manifest does."""
-    image = TensorSpec(INPUT_NAME, "FP32", (VARIABLE, *manifest.input_shape))
-    logits = TensorSpec(OUTPUT_NAME, "FP32", (VARIABLE, len(manifest.labels)))
-    return (image,), (logits,)
+# A loaded module with its inputs and outputs, in the order it takes and returns them.
+Loaded = tuple[TorchModule, tuple[TensorSpec, ...], tuple[TensorSpec, ...]]
 
 
 class PinnedModule:
@@ -46,20 +36,17 @@ class PinnedModule:
     ``run`` may be called from any thread; the work always happens on this one.
     """
 
-    def __init__(
-        self,
-        load: Callable[[], TorchModule],
-        threads: int,
-        inputs: tuple[TensorSpec, ...],
-        outputs: tuple[TensorSpec, ...],
-    ) -> None:
+    def __init__(self, load: Callable[[], Loaded], threads: int) -> None:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
-        self._module = self._thread.submit(self._setup, load, threads).result()
-        self.inputs = inputs
-        self.outputs = outputs
+        try:
+            loading = self._thread.submit(self._setup, load, threads)
+            self._module, self.inputs, self.outputs = loading.result()
+        except BaseException:
+            self._thread.shutdown()
+            raise
 
     @staticmethod
-    def _setup(load: Callable[[], TorchModule], threads: int) -> TorchModule:
+    def _setup(load: Callable[[], Loaded], threads: int) -> Loaded:
         # OpenMP's thread count is a per-thread setting: set it on the thread that computes.
         torch.set_num_threads(threads)
         _keep_freed_memory_mapped()
@@ -69,8 +56,9 @@ class PinnedModule:
         return self._thread.submit(self._forward, inputs).result()
 
     def _forward(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        # Positional, in the signature's order: TorchScript and eager modules take no names.
-        # A tensor that arrived as read-only wire bytes is copied: PyTorch wants writable memory.
+        # Positional, in the signature's order: TorchScript modules take no names.
+        # from_numpy keeps the dtype (INT64 stays int64). A tensor that arrived as read-only wire
+        # bytes is copied: PyTorch wants writable memory.
         arguments = [
             torch.from_numpy(array if array.flags.writeable else array.copy())
             for array in (inputs[spec.name] for spec in self.inputs)
@@ -83,7 +71,14 @@ class PinnedModule:
             raise RuntimeError(
                 f"the module returned {len(results)} outputs, not {len(self.outputs)}"
             )
-        return {spec.name: t.numpy() for spec, t in zip(self.outputs, results, strict=True)}
+        arrays = {spec.name: t.numpy() for spec, t in zip(self.outputs, results, strict=True)}
+        for spec in self.outputs:
+            if arrays[spec.name].dtype != DATATYPES[spec.datatype].dtype:
+                raise RuntimeError(
+                    f"output {spec.name!r} is {arrays[spec.name].dtype}, the signature says "
+                    f"{spec.datatype}"
+                )
+        return arrays
 
 
 @functools.cache

@@ -32,17 +32,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ClassScores:
     """A model output holding one score per class, with the classes' names.
 
-    The bundled classifiers compute logits (``source``); the front serves them as probabilities
-    under ``name``, so no caller has to post-process.
+    A model that computes logits (``source``, with ``softmax``) has them served as probabilities
+    under ``name``, so no caller has to post-process; other scores are served as they are.
     """
 
     name: str
     source: str
     labels: tuple[str, ...]
+    softmax: bool = True
 
     def probabilities(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs on the model's thread, once per batch."""
-        return {self.name: softmax(outputs[self.source])}
+        """The model's outputs with the logits replaced by probabilities; runs on the model's
+        thread, once per batch."""
+        if not self.softmax:
+            return dict(outputs)
+        served = {name: array for name, array in outputs.items() if name != self.source}
+        served[self.name] = softmax(outputs[self.source])
+        return served
 
     @staticmethod
     def top_classes(probabilities: np.ndarray) -> list[int]:

@@ -25,7 +25,8 @@ __all__ = ["ImageFront", "ImageWork"]
 
 
 class ImageFront:
-    """Feeds the model input ``tensor`` (float32 N x 3 x H x W) from encoded images."""
+    """Feeds the model input ``tensor`` (float32 N x 3 x H x W, or N x H x W x 3) from encoded
+    images."""
 
     def __init__(
         self,
@@ -88,7 +89,7 @@ class ImageWork:
 
     def _batch(self) -> np.ndarray:
         pre = self._front.preprocessing
-        return np.empty((self.rows, 3, pre.height, pre.width), dtype=np.float32)
+        return np.empty((self.rows, *pre.output_shape), dtype=np.float32)
 
     def _open_all(self) -> list[Image.Image]:
         """Every header, read and checked; then the request's pixels against its budget."""
@@ -101,5 +102,5 @@ class ImageWork:
         if self._deadline is not None and time.monotonic() >= self._deadline:
             raise DeadlineExpired("deadline exceeded before the images were decoded")
         pre = self._front.preprocessing
-        rgb = decode_opened(image, index, self._front.limits, (pre.width, pre.height))
+        rgb = decode_opened(image, index, self._front.limits, pre.draft_size)
         out[index] = pre.apply(rgb)

@@ -7,22 +7,24 @@ the repository index. Tensors are converted in ``kserve_tensors``; everything el
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 
 from serve.batching import Call
 from serve.core import InferenceCore
+from serve.errors import FailedPrecondition, InvalidArgument, ModelNotFound, shortened
+from serve.model_control import ModelControl
 from serve.models import ServedModel
 from serve.pb.kserve import grpc_service_pb2 as pb
 from serve.pb.kserve import grpc_service_pb2_grpc as pb_grpc
-from serve.pb.kserve import model_config_pb2 as config_pb
+from serve.services.kserve_config import effective_config
 from serve.services.kserve_tensors import decode_request, encode_response
 from serve.services.status import Context, call_of, rpc_errors, status_of
 from serve.services.streaming import serve_stream
 from serve.statistics import Duration, InferenceStatistics
-from serve.tensors import BYTES, TensorSpec
+from serve.tensors import TensorSpec
 
 __all__ = ["EXTENSIONS", "KServeService"]
 
@@ -30,15 +32,7 @@ SERVER_NAME = "torchgrpc"
 # Triton's opt-in: a stream's first failure ends it with a real gRPC status.
 GRPC_ERROR_HEADER = "triton_grpc_error"
 # Exactly the extensions served here (perf_analyzer looks for "statistics").
-EXTENSIONS = ("classification", "model_configuration", "statistics")
-# The protocol's datatype names to ModelConfig's DataType enum (BYTES is TYPE_STRING there).
-_CONFIG_TYPES = {
-    name: f"TYPE_{'STRING' if name == BYTES else name}"
-    for name in (
-        "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-        "FP16", "FP32", "FP64", BYTES,
-    )
-}  # fmt: skip
+EXTENSIONS = ("classification", "model_configuration", "model_repository", "statistics")
 
 
 def _server_version() -> str:
@@ -51,8 +45,11 @@ def _server_version() -> str:
 class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
-    def __init__(self, core: InferenceCore, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, core: InferenceCore, control: ModelControl, is_ready: Callable[[], bool]
+    ) -> None:
         self._core = core
+        self._control = control
         self._is_ready = is_ready
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -92,7 +89,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         model = self._core.model(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=model.name,
-            versions=[model.version],
+            versions=self._core.versions(model.name),
             platform=model.platform,
             inputs=[_tensor_metadata(spec) for spec in model.signature.inputs],
             outputs=[_tensor_metadata(spec) for spec in model.signature.outputs],
@@ -151,7 +148,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         self, request: pb.ModelConfigRequest, context: Context
     ) -> pb.ModelConfigResponse:
         return pb.ModelConfigResponse(
-            config=_model_config(self._core.model(request.name, request.version))
+            config=effective_config(self._core.model(request.name, request.version))
         )
 
     @rpc_errors
@@ -169,15 +166,65 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context
     ) -> pb.RepositoryIndexResponse:
+        _check_repository(request.repository_name)
         return pb.RepositoryIndexResponse(
             models=[
                 pb.RepositoryIndexResponse.ModelIndex(
                     name=status.name, version=status.version, state=status.state,
                     reason=status.reason,
                 )
-                for status in self._core.repository_index()
+                for status in await self._control.index(ready_only=request.ready)
             ]
         )  # fmt: skip
+
+    @rpc_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        """Loads (or reloads) a model from the repository's files. Files or a config sent in the
+        request are refused: what runs is what is on the server's disk."""
+        self._check_explicit("RepositoryModelLoad")
+        _check_repository(request.repository_name)
+        for key in request.parameters:
+            if key.startswith("file:"):
+                raise InvalidArgument(
+                    f"parameter {shortened(key)}: model files sent in a load request are "
+                    "refused; place them in the model repository"
+                )
+            if key == "config":
+                raise InvalidArgument(
+                    "parameter 'config': a config sent in a load request is refused; edit the "
+                    "model's config.pbtxt in the repository"
+                )
+        await self._control.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Stops serving a model; answers once its requests in flight have finished."""
+        self._check_explicit("RepositoryModelUnload")
+        _check_repository(request.repository_name)
+        await self._control.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_explicit(self, rpc: str) -> None:
+        mode = self._control.mode
+        if mode != "explicit":
+            raise FailedPrecondition(
+                f"{rpc}: model control is {mode!r} on this server; start it with "
+                "--model-control explicit"
+            )
+
+
+def _check_repository(name: str) -> None:
+    """There is one repository; Triton's clients send its name empty."""
+    if name:
+        raise ModelNotFound(
+            f"repository {shortened(name)}: this server has one model repository; send "
+            "repository_name empty"
+        )
 
 
 def _first(error: BaseException) -> Exception:
@@ -197,8 +244,6 @@ def _unimplemented(what: str) -> Callable[..., object]:
 
 
 for _rpc, _why in {
-    "RepositoryModelLoad": "model control is not enabled on this server",
-    "RepositoryModelUnload": "model control is not enabled on this server",
     "SystemSharedMemoryStatus": "shared memory is not supported: send tensors in the request",
     "SystemSharedMemoryRegister": "shared memory is not supported: send tensors in the request",
     "SystemSharedMemoryUnregister": "shared memory is not supported: send tensors in the request",
@@ -214,57 +259,6 @@ for _rpc, _why in {
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(
         name=spec.name, datatype=spec.datatype, shape=spec.shape
-    )
-
-
-def _dims(spec: TensorSpec, batching: bool) -> Sequence[int]:
-    """Triton's config dims leave out the batch axis of a batching model."""
-    return spec.shape[1:] if batching else spec.shape
-
-
-def _model_config(model: ServedModel) -> config_pb.ModelConfig:
-    signature = model.signature
-    batching = signature.max_batch_size > 0
-    # A bundled image model takes its images or its tensor: either input alone.
-    alternatives = model.image is not None
-    return config_pb.ModelConfig(
-        name=model.name,
-        platform=model.platform,
-        max_batch_size=signature.max_batch_size,
-        version_policy=config_pb.ModelVersionPolicy(
-            latest=config_pb.ModelVersionPolicy.Latest(num_versions=1)
-        ),
-        input=[
-            config_pb.ModelInput(
-                name=spec.name,
-                data_type=_CONFIG_TYPES[spec.datatype],
-                dims=_dims(spec, batching),
-                optional=alternatives,
-            )
-            for spec in signature.inputs
-        ],
-        output=[
-            config_pb.ModelOutput(
-                name=spec.name, data_type=_CONFIG_TYPES[spec.datatype], dims=_dims(spec, batching)
-            )
-            for spec in signature.outputs
-        ],
-        instance_group=[
-            config_pb.ModelInstanceGroup(
-                name=model.info.backend,
-                count=model.instances,
-                kind=config_pb.ModelInstanceGroup.Kind.KIND_CPU,
-            )
-        ],
-        dynamic_batching=config_pb.ModelDynamicBatching(
-            max_queue_delay_microseconds=round(model.batcher.config.max_queue_delay * 1e6),
-            # A stream's answers come in its requests' order.
-            preserve_ordering=True,
-            default_queue_policy=config_pb.ModelQueuePolicy(
-                max_queue_size=model.batcher.config.max_queue_size
-            ),
-        ),
-        model_transaction_policy=config_pb.ModelTransactionPolicy(decoupled=False),
     )
 
 

@@ -1,0 +1,299 @@
+"""Loading, reloading and unloading the repository's models while the server serves.
+
+``--model-control none`` loads the start-up models once; ``poll`` looks at the repository every
+``--repository-poll-seconds`` and reloads models whose files changed (once a change has held still
+for one more look, so a half-copied file is never loaded), loads new ones and unloads removed
+ones; ``explicit`` loads and unloads on RepositoryModelLoad / RepositoryModelUnload.
+
+A (re)load loads the new versions beside the old ones and switches to them in one step; the old
+versions finish the requests they already took, then close. A version whose files did not change
+is kept, not reloaded. A model that fails to load is reported with its reason and never takes the
+server or another model down; one that fails to reload keeps serving its old versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from pathlib import Path
+
+from export.catalog import DEFAULT_MODEL, MODEL_NAMES
+from export.manifest import MANIFEST_NAME
+from serve.config import ServerConfig
+from serve.errors import (
+    InvalidArgument,
+    ModelNotFound,
+    RepositoryError,
+    TorchgrpcError,
+    shortened,
+)
+from serve.loading import load_version
+from serve.model_table import LOADING, READY, UNAVAILABLE, ModelStatus, ModelTable
+from serve.models import ServedModel
+from serve.repository import (
+    FailedModel,
+    RepositoryEntry,
+    model_names,
+    name_problem,
+    repository_root,
+    scan_model,
+)
+
+__all__ = ["ModelControl", "ReadinessHook"]
+
+log = logging.getLogger(__name__)
+
+# Told a model's name and whether it now serves, whenever that may have changed.
+ReadinessHook = Callable[[str, bool], None]
+_EXPORT_HINT = (
+    "run `make export MODEL=efficientnet_lite0` (or `python -m export`) for the built-in model, "
+    "or see docs/models.md to serve your own"
+)
+# What a model's files looked like when it was last (re)loaded: a change means a reload.
+# Compared with ==, never hashed.
+Stamp = object
+
+
+class ModelControl:
+    def __init__(
+        self,
+        config: ServerConfig,
+        decode_pool: Executor,
+        on_change: ReadinessHook | None = None,
+    ) -> None:
+        self._config = config
+        self._repository = config.model_repository
+        self._pool = decode_pool
+        self.table = ModelTable("", on_change or _ignore)
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Per model: the stamp of its entry, and of each loaded version (to keep unchanged ones).
+        self._stamps: dict[str, Stamp] = {}
+        self._version_stamps: dict[str, dict[int, Stamp]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+
+    @property
+    def mode(self) -> str:
+        return self._config.model_control
+
+    async def start(self) -> None:
+        """Loads the start-up models (``--models``, else every model) side by side. With
+        ``--model-control none`` a server none of whose models loads would serve nothing, so
+        that stops the start with the first model's reason."""
+        try:
+            names = await asyncio.to_thread(model_names, self._repository)
+        except RepositoryError as error:
+            raise RepositoryError(error.file, f"{error.reason}: {_EXPORT_HINT}") from None
+        wanted = list(self._config.models) or names
+        if not wanted and self.mode == "none":
+            raise RepositoryError(str(self._repository), f"has no model: {_EXPORT_HINT}")
+        default = self._config.models[0] if self._config.models else ""
+        if not default and names:
+            default = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
+        self.table.default_model = default
+        results = await asyncio.gather(
+            *(self.load(name) for name in wanted), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure
+        if self.mode == "none" and len(failures) == len(wanted):
+            raise failures[0]
+        if self._config.model_control == "poll":
+            self._poller = asyncio.create_task(self._poll(), name="repository-poll")
+
+    async def load(self, name: str) -> None:
+        """(Re)loads ``name`` from the repository; raises the reason it can't be served."""
+        problem = name_problem(name)
+        if problem:
+            raise InvalidArgument(f"model name {shortened(name)} {problem}")
+        if not await asyncio.to_thread(self._in_repository, name):
+            hint = f": run `make export MODEL={name}`" if name in MODEL_NAMES else ""
+            raise ModelNotFound(f"model {name!r} is not in the repository {self._repository}{hint}")
+        async with self._locks[name]:
+            entry, stamp, versions = await asyncio.to_thread(self._look, name)
+            await self._load(name, entry, stamp, versions)
+
+    async def unload(self, name: str) -> None:
+        """Stops serving ``name``; returns once its versions have finished their requests."""
+        problem = name_problem(name)
+        if problem:
+            raise InvalidArgument(f"model name {shortened(name)} {problem}")
+        async with self._locks[name]:
+            old = self.table.remove(name, "unloaded")
+            self._stamps.pop(name, None)
+            self._version_stamps.pop(name, None)
+        if old:
+            log.info("unloading %s (%d version(s))", name, len(old))
+        await asyncio.gather(*(model.retire() for model in old))
+
+    async def index(self, ready_only: bool = False) -> list[ModelStatus]:
+        """Every model of the repository and every model served, with its state and reason."""
+        try:
+            names = await asyncio.to_thread(model_names, self._repository)
+        except RepositoryError as error:
+            log.warning("%s", error)
+            names = []
+        statuses = self.table.statuses()
+        for name in names:
+            if name not in statuses and not name_problem(name):
+                statuses[name] = [ModelStatus(name, "", UNAVAILABLE, "not loaded")]
+        lines = [status for name in sorted(statuses) for status in statuses[name]]
+        return [s for s in lines if s.state == READY] if ready_only else lines
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        for model in self.table.served():
+            await model.close()
+
+    def _in_repository(self, name: str) -> bool:
+        return os.path.lexists(repository_root(self._repository) / name)
+
+    def _look(self, name: str) -> tuple[RepositoryEntry, Stamp, dict[int, Stamp]]:
+        """The entry, and the stamps of it and its versions. Blocks: files are read."""
+        entry = scan_model(self._repository, name)
+        if isinstance(entry, FailedModel):
+            return entry, ("failed", entry.reason), {}
+        manifest = entry.folder / MANIFEST_NAME
+        shared = (
+            entry.settings,
+            tuple(entry.labels.items()),
+            entry.backends,
+            _file_stamp(manifest) if os.path.lexists(manifest) else None,
+        )
+        versions: dict[int, Stamp] = {
+            version.number: (
+                shared,
+                tuple(_file_stamp(path) for path in version.model_files.values()),
+            )
+            for version in entry.selected
+        }
+        return entry, (shared, tuple(sorted(versions.items()))), versions
+
+    async def _load(
+        self, name: str, entry: RepositoryEntry, stamp: Stamp, version_stamps: dict[int, Stamp]
+    ) -> None:
+        self._stamps[name] = stamp
+        if isinstance(entry, FailedModel):
+            self._failed(name, entry.reason)
+            raise entry.error
+        current = self.table.versions(name)
+        if not current:
+            self.table.set_state(name, LOADING)
+        loaded_stamps = self._version_stamps.get(name, {})
+        new: dict[int, ServedModel] = {}
+        loaded: list[ServedModel] = []
+        try:
+            for version in entry.selected:
+                unchanged = current.get(version.number)
+                if (
+                    unchanged is not None
+                    and loaded_stamps.get(version.number) == version_stamps[version.number]
+                ):
+                    new[version.number] = unchanged
+                    continue
+                served = await asyncio.to_thread(
+                    load_version, entry, version, self._config, self._pool
+                )
+                served.batcher.start()
+                loaded.append(served)
+                new[version.number] = served
+        except Exception as error:
+            for model in loaded:
+                await model.close()
+            reason = _reason(error)
+            self._failed(name, reason)
+            if isinstance(error, TorchgrpcError):
+                raise
+            raise RepositoryError(str(entry.folder), reason) from None
+        old = self.table.install(name, new)
+        self._version_stamps[name] = version_stamps
+        if current:
+            log.info(
+                "%s now serves version(s) %s (was %s)",
+                name, _numbers(new), _numbers(current),
+            )  # fmt: skip
+        for model in old:
+            self._retire(model)
+
+    def _failed(self, name: str, reason: str) -> None:
+        serving = bool(self.table.versions(name))
+        if serving:
+            reason = f"reload failed, older versions serve on: {reason}"
+        log.error("model %s: %s", name, reason)
+        self.table.set_state(name, UNAVAILABLE, reason)
+
+    def _retire(self, model: ServedModel) -> None:
+        task = asyncio.create_task(model.retire(), name=f"retire-{model.name}-{model.version}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _poll(self) -> None:
+        # A changed model whose new stamp must hold still for one more look before it reloads.
+        pending: dict[str, Stamp] = {}
+        while True:
+            await asyncio.sleep(self._config.repository_poll_seconds)
+            try:
+                await self._poll_once(pending)
+            except Exception:  # a look that fails is logged and retried at the next one
+                log.exception("polling the model repository failed")
+
+    async def _poll_once(self, pending: dict[str, Stamp]) -> None:
+        try:
+            names = await asyncio.to_thread(model_names, self._repository)
+        except RepositoryError as error:
+            log.warning("%s", error)
+            return
+        wanted = [n for n in (self._config.models or names) if n in names]
+        for name in wanted:
+            if name_problem(name):
+                continue
+            async with self._locks[name]:
+                entry, stamp, versions = await asyncio.to_thread(self._look, name)
+                if stamp == self._stamps.get(name):
+                    pending.pop(name, None)
+                    continue
+                if pending.get(name) != stamp:
+                    pending[name] = stamp
+                    continue
+                pending.pop(name)
+                log.info("%s changed on disk: loading it", name)
+                # A failure is reported in the index and the log by _load.
+                with contextlib.suppress(Exception):
+                    await self._load(name, entry, stamp, versions)
+        for name in [n for n in self._stamps if n not in wanted]:
+            log.info("%s is gone from the repository: unloading it", name)
+            await self.unload(name)
+            self.table.forget(name)
+
+
+def _file_stamp(path: Path) -> tuple[str, int, int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (str(path), -1, -1, -1)
+    return (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, TorchgrpcError):
+        return str(error)
+    first = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first}"
+
+
+def _numbers(versions: Iterable[int]) -> str:
+    return ", ".join(str(v) for v in versions)
+
+
+def _ignore(name: str, ready: bool) -> None:
+    pass
