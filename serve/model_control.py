@@ -121,10 +121,15 @@ class ModelControl:
             await self._load(name, entry, stamp, versions)
 
     async def unload(self, name: str) -> None:
-        """Stops serving ``name``; returns once its versions have finished their requests."""
+        """Stops serving ``name``; returns once its versions have finished their requests. A model
+        of the repository that is not loaded is left as it is; any other name is NOT_FOUND."""
         problem = name_problem(name)
         if problem:
             raise InvalidArgument(f"model name {shortened(name)} {problem}")
+        if not self.table.knows(name):
+            if not await asyncio.to_thread(self._in_repository, name):
+                raise ModelNotFound(f"model {name!r} is not in the repository {self._repository}")
+            return
         async with self._locks[name]:
             old = self.table.remove(name, "unloaded")
             self._stamps.pop(name, None)

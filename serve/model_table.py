@@ -76,6 +76,10 @@ class ModelTable:
             return False
         return True
 
+    def knows(self, name: str) -> bool:
+        """Whether ``name`` was ever loaded (or tried) and not forgotten since."""
+        return name in self._slots
+
     def ready_names(self) -> list[str]:
         return [name for name, slot in self._slots.items() if slot.versions]
 

@@ -204,6 +204,11 @@ def test_explicit_control_loads_unloads_and_refuses(
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, name
         missing = refused(pb.RepositoryModelLoadRequest(model_name="nothing_here"))
         assert missing.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="nothing_here"))
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+        # Unloading a model of the repository that isn't loaded changes nothing.
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="escape"))
         parameter = pb.ModelRepositoryParameter
         payload = refused(
             pb.RepositoryModelLoadRequest(

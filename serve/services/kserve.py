@@ -185,17 +185,17 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         request are refused: what runs is what is on the server's disk."""
         self._check_explicit("RepositoryModelLoad")
         _check_repository(request.repository_name)
-        for key in request.parameters:
-            if key.startswith("file:"):
-                raise InvalidArgument(
-                    f"parameter {shortened(key)}: model files sent in a load request are "
-                    "refused; place them in the model repository"
-                )
-            if key == "config":
-                raise InvalidArgument(
-                    "parameter 'config': a config sent in a load request is refused; edit the "
-                    "model's config.pbtxt in the repository"
-                )
+        files = sorted(key for key in request.parameters if key.startswith("file:"))
+        if files:
+            raise InvalidArgument(
+                f"parameter {shortened(files[0])}: model files sent in a load request are "
+                "refused; place them in the model repository"
+            )
+        if "config" in request.parameters:
+            raise InvalidArgument(
+                "parameter 'config': a config sent in a load request is refused; edit the "
+                "model's config.pbtxt in the repository"
+            )
         await self._control.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
