@@ -26,7 +26,12 @@ def test_server_metadata(client: grpcclient.InferenceServerClient) -> None:
     metadata = client.get_server_metadata()
     assert metadata.name == "torchgrpc"
     assert metadata.version
-    assert list(metadata.extensions) == ["classification", "model_configuration", "statistics"]
+    assert list(metadata.extensions) == [
+        "classification",
+        "model_configuration",
+        "model_repository",
+        "statistics",
+    ]
 
 
 def test_model_metadata(client: grpcclient.InferenceServerClient) -> None:
@@ -67,8 +72,16 @@ def test_model_config(client: grpcclient.InferenceServerClient) -> None:
 
 
 def test_repository_index(client: grpcclient.InferenceServerClient) -> None:
-    index = client.get_model_repository_index(as_json=True)
-    assert index == {"models": [{"name": MODEL, "version": "1", "state": "READY"}]}
+    """The served model, and every other model of the repository as not loaded (the session's
+    server loads only MODEL)."""
+    models = client.get_model_repository_index(as_json=True)["models"]
+    assert [m for m in models if m.get("state") == "READY"] == [
+        {"name": MODEL, "version": "1", "state": "READY"}
+    ]
+    others = [m for m in models if m["name"] != MODEL]
+    assert all(
+        m == {"name": m["name"], "state": "UNAVAILABLE", "reason": "not loaded"} for m in others
+    )
 
 
 UNKNOWN = "model 'no_such_model' is not served here (served: efficientnet_lite0)"
@@ -97,12 +110,14 @@ def test_unknown_model_is_not_found(
     assert raised.value.message() == message
 
 
-def test_model_control_is_unimplemented(client: grpcclient.InferenceServerClient) -> None:
+def test_model_control_needs_explicit_mode(client: grpcclient.InferenceServerClient) -> None:
     for rpc, call in [
         ("RepositoryModelLoad", lambda: client.load_model(MODEL)),
         ("RepositoryModelUnload", lambda: client.unload_model(MODEL)),
     ]:
         with pytest.raises(InferenceServerException) as raised:
             call()
-        assert raised.value.status() == "StatusCode.UNIMPLEMENTED"
-        assert raised.value.message() == f"{rpc}: model control is not enabled on this server"
+        assert raised.value.status() == "StatusCode.FAILED_PRECONDITION"
+        assert raised.value.message() == (
+            f"{rpc}: model control is 'none' on this server; start it with --model-control explicit"
+        )
