@@ -36,16 +36,16 @@ export: venv
 
 # `make serve` exports first only when the model has never been exported: a folder exported with
 # other WEIGHTS is served as it is.
-artifacts/%/manifest.json: | venv
+artifacts/%/config.pbtxt: | venv
 	$(PY) -m export --model $* --weights '$(WEIGHTS)'
 
-serve: venv artifacts/$(MODEL)/manifest.json
+serve: venv artifacts/$(MODEL)/config.pbtxt
 	$(PY) -m serve --model $(MODEL) --backend $(BACKEND) --port $(PORT)
 
 client: venv
 	$(PY) -m serve.client $(IMAGES) --server $(SERVER)
 
-compare: venv artifacts/$(MODEL)/manifest.json
+compare: venv artifacts/$(MODEL)/config.pbtxt
 	$(PY) -m benchmarks.compare --model $(MODEL)
 
 protos: venv
@@ -81,7 +81,7 @@ tritonclient-test: venv $(TRITON_VENV)/.installed
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) artifacts/*/ .mypy_cache .ruff_cache .pytest_cache
 
-bench: venv artifacts/$(MODEL)/manifest.json
+bench: venv artifacts/$(MODEL)/config.pbtxt
 	$(PY) -m benchmarks.bench --start --model $(MODEL) --backend $(BACKEND) $(ARGS)
 
 # Every performance target, measured side by side in one run: writes benchmarks/RESULTS.md.
@@ -89,5 +89,5 @@ benchmark: venv
 	$(PY) -m benchmarks.run
 
 # An optimisation's effect, against the drift of a noisy machine: both servers, alternating rounds.
-ab: venv artifacts/$(MODEL)/manifest.json
+ab: venv artifacts/$(MODEL)/config.pbtxt
 	$(PY) -m benchmarks.ab --base $(BASE) --model $(MODEL) $(ARGS)

@@ -45,18 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--backend", default="onnxruntime")
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    parser.add_argument(
+        "--base-artifacts",
+        type=Path,
+        help="the base revision's model folder, where its layout differs from this checkout's "
+        "(export it with the base revision's exporter); default: --artifacts",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     image = (SAMPLE_IMAGES / "cat.jpg").read_bytes()
-    arguments = ["--model", args.model, "--backend", args.backend,
-                 "--artifacts", str(args.artifacts.resolve())]  # fmt: skip
+    arguments = ["--model", args.model, "--backend", args.backend]
+    base_artifacts = (args.base_artifacts or args.artifacts).resolve()
     results: dict[str, list[tuple[float, float]]] = {args.base: [], "this checkout": []}
     with (
         worktree(args.base) as base_tree,
-        ServerProcess(arguments, cwd=base_tree) as base,
-        ServerProcess(arguments, cwd=ROOT) as this,
+        ServerProcess([*arguments, "--artifacts", str(base_artifacts)], cwd=base_tree) as base,
+        ServerProcess([*arguments, "--artifacts", str(args.artifacts.resolve())], cwd=ROOT) as this,
     ):
         servers = {args.base: base, "this checkout": this}
         for round_number in range(1, args.rounds + 1):
