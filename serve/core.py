@@ -54,6 +54,7 @@ class InferenceCore:
     async def predict(self, images: Sequence[bytes], *, model: str = "", call: Call) -> list[int]:
         """The tutorial's API: the most probable class id of every image, in order."""
         served = self.model(model)
+        served.image_front()  # a tensor model says so before "not a classifier"
         scores = served.class_scores()
         started = time.perf_counter()
         outputs = await served.infer_images(images, call)
@@ -65,6 +66,7 @@ class InferenceCore:
     ) -> tuple[str, list[list[Label]]]:
         """The ``top_k`` (0 = default) most probable labels of every image, and the model's name."""
         served = self.model(model)
+        served.image_front()  # a tensor model says so before "not a classifier"
         scores = served.class_scores()
         k = top_k or DEFAULT_TOP_K
         check_k(k, scores.labels)

@@ -116,11 +116,15 @@ class ServedModel:
 
     async def infer_images(self, images: Sequence[bytes], call: Call) -> Tensors:
         with self._request():
-            if self.image is None:
-                raise FailedPrecondition(
-                    f"model {shortened(self.name)} takes tensors, not images: use the KServe API"
-                )
-            return await self.batcher.infer(self.image.work(images, call.deadline), call)
+            front = self.image_front()
+            return await self.batcher.infer(front.work(images, call.deadline), call)
+
+    def image_front(self) -> ImageFront:
+        if self.image is None:
+            raise FailedPrecondition(
+                f"model {shortened(self.name)} takes tensors, not images: use the KServe API"
+            )
+        return self.image
 
     def class_scores(self) -> ClassScores:
         if self.scores is None:
