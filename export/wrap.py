@@ -39,6 +39,7 @@ from export.manifest import (
     CONFIG_NAME,
     IMAGE_INPUT_PARAMETER,
     LABELS_NAME,
+    MANIFEST_NAME,
     ONNX_NAME,
     TORCH_EXPORT_NAME,
     TORCHSCRIPT_NAME,
@@ -173,13 +174,18 @@ def wrap(request: WrapRequest, check: Checker) -> WrapResult:
         shutil.copyfile(request.file, model_file)
         labels = _read_labels(request.labels) if request.labels else None
         config = _config(request, kind, model_file, labels)
-        if labels is not None:
-            (staged / LABELS_NAME).write_text("".join(f"{label}\n" for label in labels))
-        (staged / CONFIG_NAME).write_text(config_text(config))
+        folder = request.repository / request.name
+        if (folder / CONFIG_NAME).is_file() and _other_versions(folder, request.version):
+            # A version beside others: the model's config.pbtxt (version_policy, instance_group,
+            # what its users rely on) and labels stay, and the new file is checked against them.
+            _copy_entry_files(folder, staged)
+        else:
+            if labels is not None:
+                (staged / LABELS_NAME).write_text("".join(f"{label}\n" for label in labels))
+            (staged / CONFIG_NAME).write_text(config_text(config))
         theirs = bool(request.factory) and not request.factory.startswith(OUR_FACTORIES)
         runs_code = kind == "aoti" or theirs
         summary = _checked(check, Path(tmp), request.name, runs_code)
-        folder = request.repository / request.name
         _install(staged, folder, str(request.version))
     model_file = folder / str(request.version) / form.filename
     return WrapResult(folder, model_file, config, summary, runs_code)
@@ -279,8 +285,11 @@ def _signature(request: WrapRequest, kind: str, model_file: Path) -> tuple[Tenso
                 f"{request.file.name} records its inputs and outputs: drop --input/--output"
             )
         reader = _onnx_signature if kind == "onnx" else _program_signature
-        inputs, outputs = reader(model_file)
+        inputs, outputs, max_rows = reader(model_file)
         max_batch_size = _batch_size(inputs, outputs, request.max_batch_size)
+        if max_rows is not None and request.max_batch_size is None:
+            # A program exported with Dim("batch", max=N) takes no more than N rows at once.
+            max_batch_size = min(max_batch_size, max_rows)
         if max_batch_size:
             inputs, outputs = _without_batch_axis(inputs), _without_batch_axis(outputs)
         return inputs, outputs, max_batch_size
@@ -313,7 +322,7 @@ def _without_batch_axis(tensors: Tensors) -> Tensors:
     return tuple(replace(t, dims=t.dims[1:]) for t in tensors)
 
 
-def _onnx_signature(model_file: Path) -> tuple[Tensors, Tensors]:
+def _onnx_signature(model_file: Path) -> tuple[Tensors, Tensors, int | None]:
     try:
         model = onnx.load(str(model_file), load_external_data=False)
     except Exception as error:
@@ -323,7 +332,7 @@ def _onnx_signature(model_file: Path) -> tuple[Tensors, Tensors]:
         raise WrapError("the ONNX model keeps weights in external files: save it as one file")
     initializers = {t.name for t in graph.initializer}
     inputs = tuple(_onnx_tensor(v) for v in graph.input if v.name not in initializers)
-    return inputs, tuple(_onnx_tensor(v) for v in graph.output)
+    return inputs, tuple(_onnx_tensor(v) for v in graph.output), None
 
 
 def _onnx_tensor(value: Any) -> TensorConfig:
@@ -338,7 +347,7 @@ def _onnx_tensor(value: Any) -> TensorConfig:
     return TensorConfig(value.name, _datatype(names.get(element, element), value.name), dims)
 
 
-def _program_signature(model_file: Path) -> tuple[Tensors, Tensors]:
+def _program_signature(model_file: Path) -> tuple[Tensors, Tensors, int | None]:
     """A torch.export program's inputs (named as its forward's arguments) and outputs (Triton's
     PyTorch names: output__0, output__1, ...), read by the server's own backend: one reader,
     with its refusal of pickled content (torch.export.load alone unpickles what it finds)."""
@@ -352,6 +361,7 @@ def _program_signature(model_file: Path) -> tuple[Tensors, Tensors]:
     return (
         tuple(TensorConfig(s.name, s.datatype, s.shape) for s in backend.inputs),
         tuple(TensorConfig(s.name, s.datatype, s.shape) for s in backend.outputs),
+        backend.max_rows,
     )
 
 
@@ -479,9 +489,25 @@ def _checked(check: Checker, repository: Path, name: str, runs_code: bool) -> st
         raise WrapError(f"the entry doesn't load and run: {_first_line(error)}") from None
 
 
+def _other_versions(folder: Path, version: int) -> list[str]:
+    return [
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit() and p.name != str(version)
+    ]
+
+
+def _copy_entry_files(folder: Path, staged: Path) -> None:
+    """An existing model's own files (config.pbtxt, label files) into the staged entry; not its
+    manifest.json, whose hashes name versions the staged entry doesn't hold."""
+    for path in folder.iterdir():
+        if path.is_file() and path.name != MANIFEST_NAME:
+            shutil.copyfile(path, staged / path.name)
+
+
 def _install(staged: Path, folder: Path, version: str) -> None:
     """Moves the staged entry into place with renames: a new model folder whole; into an
-    existing one the version folder (replacing it), then config.pbtxt and labels.txt."""
+    existing one only the version folder (replacing it)."""
     if not os.path.lexists(folder):
         staged.rename(folder)
         return
@@ -490,9 +516,6 @@ def _install(staged: Path, folder: Path, version: str) -> None:
         previous = staged.parent / "previous"
         target.rename(previous)
     (staged / version).rename(target)
-    for name in (CONFIG_NAME, LABELS_NAME):
-        if (staged / name).exists():
-            (staged / name).replace(folder / name)
 
 
 def _datatype(name: str, tensor: str) -> str:

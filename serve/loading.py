@@ -77,7 +77,8 @@ def load_version(
     cores = os.cpu_count() or 1
     defaults = backend_defaults(choice.backend, cores)
     instances = settings.instances or config.instances or defaults.instances
-    threads = _threads(settings) or config.threads or defaults.threads
+    shown_config = str(entry.folder / CONFIG_NAME)
+    threads = _threads(settings, shown_config) or config.threads or defaults.threads
     spec = BackendSpec(
         backend=choice.backend,
         model_file=version.model_files[choice.backend],
@@ -87,14 +88,16 @@ def load_version(
         parameters=settings.parameters,
         allow_python_factories=config.allow_python_factories,
     )
-    backends = [load_backend(spec) for _ in range(instances)]
+    backends = [_load_backend(spec, version) for _ in range(instances)]
     solo = None
     if backends[0].threads_per_instance and threads < cores:
-        solo = load_backend(BackendSpec(**{**spec.__dict__, "threads": cores}))
+        solo = _load_backend(BackendSpec(**{**spec.__dict__, "threads": cores}), version)
     model_signature = _signature(settings, backends[0], entry.name)
     for backend in [*backends, *([solo] if solo else [])]:
-        _warm_up(backend, batching=model_signature.max_batch_size > 0)
-    batching = _batching(settings, config, defaults, model_signature)
+        _warm_up(backend, version.folder, batching=model_signature.max_batch_size > 0)
+    batching = _batching(
+        settings, config, defaults, model_signature, backends[0].max_rows, shown_config
+    )
     fronts = make_fronts(entry, model_signature, batching.max_batch_size, config, decode_pool)
     batcher = Batcher(
         [fronts.wrap(b.run) for b in backends],
@@ -203,7 +206,17 @@ def _describe(spec: TensorSpec) -> str:
     return f"{spec.name} {spec.datatype} {list(spec.shape)}"
 
 
-def _threads(settings: ModelSettings) -> int:
+def _load_backend(spec: BackendSpec, version: ModelVersion) -> Backend:
+    """``load_backend``, with a refusal naming the version folder."""
+    try:
+        return load_backend(spec)
+    except RepositoryError:
+        raise
+    except ArtifactError as error:
+        raise ArtifactError(f"{version.folder}: {error}") from None
+
+
+def _threads(settings: ModelSettings, shown_config: str) -> int:
     text = settings.parameters.get(THREADS_PARAMETER)
     if text is None:
         return 0
@@ -213,7 +226,7 @@ def _threads(settings: ModelSettings) -> int:
         threads = 0
     if threads < 1:
         raise RepositoryError(
-            "config.pbtxt", f"must be a whole number >= 1, not {text!r}", THREADS_PARAMETER
+            shown_config, f"must be a whole number >= 1, not {text!r}", THREADS_PARAMETER
         )
     return threads
 
@@ -245,16 +258,28 @@ def _batching(
     config: ServerConfig,
     defaults: BackendDefaults,
     signature: Signature,
+    max_rows: int | None,
+    shown_config: str,
 ) -> BatchingConfig:
     """config.pbtxt's values where it has them, else the server's flags, else the backend's
     defaults. ``--max-batch-size`` caps a model's own max_batch_size: an operator can make
-    every model's batches smaller, never larger than the model takes."""
+    every model's batches smaller, never larger than the model takes. A model file that bounds
+    its batch axis (``max_rows``) caps the defaults, and a config that asks for more is refused:
+    its batches would fail at run time."""
     if signature.max_batch_size == 0:
         size = 1  # no batch axis: each request runs alone
     elif settings.max_batch_size:
+        if max_rows is not None and settings.max_batch_size > max_rows:
+            raise RepositoryError(
+                shown_config,
+                f"{settings.max_batch_size} is more than the model file takes at once "
+                f"({max_rows}, its batch axis's bound): set max_batch_size: {max_rows}",
+                "max_batch_size",
+            )
         size = min(settings.max_batch_size, config.max_batch_size or settings.max_batch_size)
     else:
         size = config.max_batch_size or defaults.max_batch_size
+        size = min(size, max_rows or size)
     delay = settings.max_queue_delay if settings.dynamic_batching else 0.0
     return BatchingConfig(
         max_batch_size=size,
@@ -263,7 +288,7 @@ def _batching(
     )
 
 
-def _warm_up(backend: Backend, *, batching: bool) -> None:
+def _warm_up(backend: Backend, folder: Path, *, batching: bool) -> None:
     """The first calls allocate and (for TorchScript) optimise the graph: done before serving.
     A model that fails on zeros of its declared shapes fails here, not on a user's request."""
     if any(spec.datatype == BYTES for spec in backend.inputs):
@@ -276,7 +301,7 @@ def _warm_up(backend: Backend, *, batching: bool) -> None:
         raise
     except Exception as error:  # the model's own code: any exception means it can't be served
         raise ArtifactError(
-            f"the model fails on a zero-filled sample ({_shapes(sample)}): "
+            f"{folder}: the model fails on a zero-filled sample ({_shapes(sample)}): "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from None
 

@@ -86,6 +86,35 @@ def test_a_dynamic_batch_runs_any_size_like_eager(dynamic_program: Path, rows: i
     assert outputs["output__0"].shape == (rows, 2)
 
 
+def test_the_batch_axis_bound_is_read(dynamic_program: Path, tmp_path: Path) -> None:
+    """Dim("batch", max=16) refuses 17 rows at run time: the loader caps batches by it."""
+    assert load_backend(export_spec(dynamic_program)).max_rows == 16
+    unbounded = torch.export.export(
+        nn.Linear(4, 3).eval(), (torch.zeros(2, 4),), dynamic_shapes=({0: torch.export.Dim("b")},)
+    )
+    torch.export.save(unbounded, tmp_path / "model.pt2")
+    assert load_backend(export_spec(tmp_path / "model.pt2")).max_rows is None
+
+
+def test_a_config_batch_beyond_the_programs_bound_is_refused(
+    dynamic_program: Path, tmp_path: Path
+) -> None:
+    from serve.config import ServerConfig
+    from serve.errors import RepositoryError
+    from serve.loading import load_version
+    from serve.repository import ModelEntry, scan_model
+
+    folder = tmp_path / "repo" / "scorer"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.pt2").write_bytes(dynamic_program.read_bytes())
+    (folder / "config.pbtxt").write_text('platform: "torch_export"\nmax_batch_size: 32\n')
+    entry = scan_model(tmp_path / "repo", "scorer")
+    assert isinstance(entry, ModelEntry)
+    config = ServerConfig(model_repository=tmp_path / "repo")
+    with pytest.raises(RepositoryError, match=r"max_batch_size: 32 is more than the model file"):
+        load_version(entry, entry.selected[0], config, decode_pool=None)  # type: ignore[arg-type]
+
+
 def test_a_static_program_keeps_its_fixed_batch(tmp_path: Path) -> None:
     program = torch.export.export(nn.Linear(4, 3).eval(), (torch.zeros(2, 4),))
     torch.export.save(program, tmp_path / "model.pt2")

@@ -27,6 +27,9 @@ class Backend(Protocol):
     # What the model file computes, in order; VARIABLE (-1) where any size goes.
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # The most rows one run takes, when the model file bounds its batch axis (a torch.export
+    # program's Dim max); None: no bound known.
+    max_rows: int | None
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every input by name (rows along the first axis); returns every output by name."""

@@ -28,6 +28,7 @@ _OURS = "export.zoo."
 
 class EagerBackend:
     name = "eager"
+    max_rows: int | None = None
     threads_per_instance = False
 
     def __init__(self, spec: BackendSpec) -> None:

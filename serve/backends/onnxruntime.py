@@ -55,6 +55,7 @@ def tensor_specs(args: Sequence[Any]) -> tuple[TensorSpec, ...]:
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    max_rows: int | None = None
     threads_per_instance = True
 
     def __init__(self, spec: BackendSpec) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import sympy  # type: ignore[import-untyped]
 import torch
 from torch.export.pt2_archive import constants as pt2
 from torch.utils import _pytree as pytree
@@ -47,6 +48,10 @@ class TorchExportBackend:
     threads_per_instance = False
 
     def __init__(self, spec: BackendSpec) -> None:
+        # A program exported with Dim("batch", max=N) refuses more rows than N: the loader caps
+        # its batches. Unknown (None) for AOTInductor packages, which don't check.
+        self.max_rows: int | None = None
+        bounds: dict[str, int] = {}
         if _archive_kind(spec.model_file) == _AOTI:
             if not spec.allow_python_factories:
                 raise ArtifactError(
@@ -57,14 +62,17 @@ class TorchExportBackend:
             require_declared(spec, "an AOTInductor package")
             self._module = PinnedModule(lambda: _load_package(spec), spec.threads)
         else:
-            self._module = PinnedModule(lambda: _load_program(spec), spec.threads)
+            self._module = PinnedModule(lambda: _load_program(spec, bounds), spec.threads)
+        self.max_rows = bounds.get("max_rows")
         self.inputs, self.outputs = self._module.inputs, self._module.outputs
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._module.run(inputs)
 
 
-def _load_program(spec: BackendSpec) -> Loaded:
+def _load_program(spec: BackendSpec, bounds: dict[str, int]) -> Loaded:
+    """The program's module and signature; ``bounds["max_rows"]`` is set to its batch axis's
+    upper bound when it has a finite one."""
     program = _loaded(spec.model_file, torch.export.load)
     signature = program.graph_signature
     nodes = {node.name: node for node in program.graph.nodes}
@@ -77,6 +85,9 @@ def _load_program(spec: BackendSpec) -> Loaded:
         _tensor_spec(file, "output", f"output__{index}", nodes.get(str(name)))
         for index, name in enumerate(signature.user_outputs)
     ]
+    max_rows = _batch_bound(program, [nodes.get(str(name)) for name in signature.user_inputs])
+    if max_rows is not None:
+        bounds["max_rows"] = max_rows
     module = program.module()
     in_spec = program.call_spec.in_spec
 
@@ -91,6 +102,21 @@ def _load_program(spec: BackendSpec) -> Loaded:
         _declared("input", spec.inputs, tuple(inputs)),
         _declared("output", spec.outputs, tuple(outputs)),
     )
+
+
+def _batch_bound(
+    program: torch.export.ExportedProgram, inputs: list[torch.fx.Node | None]
+) -> int | None:
+    """The upper bound of the first input's first axis when it is symbolic and bounded."""
+    value = inputs[0].meta.get("val") if inputs and inputs[0] is not None else None
+    if not isinstance(value, torch.Tensor) or not value.shape or isinstance(value.shape[0], int):
+        return None
+    ranges = program.range_constraints.get(value.shape[0].node.expr)
+    # Unbounded is torch's int_oo, which is no sympy Integer (though it calls itself finite).
+    if ranges is None or not isinstance(ranges.upper, sympy.Integer):
+        return None
+    upper = int(ranges.upper)
+    return upper if 0 < upper < 2**31 else None
 
 
 def _load_package(spec: BackendSpec) -> Loaded:

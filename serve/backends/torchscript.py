@@ -23,6 +23,7 @@ OPTIMIZE_PARAMETER = "torchscript_optimize"
 
 class TorchScriptBackend:
     name = "torchscript"
+    max_rows: int | None = None
     threads_per_instance = False
 
     def __init__(self, spec: BackendSpec) -> None:
