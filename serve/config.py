@@ -133,6 +133,9 @@ class ServerConfig:
                 f"unknown model control {self.model_control!r} "
                 f"(known: {', '.join(MODEL_CONTROL_MODES)})"
             )
+        if self.model_control == "explicit" and self.workers > 1:
+            # Each worker process has its own models; a load request reaches only one of them.
+            raise ValueError("--model-control explicit needs --workers 1")
         if not self.repository_poll_seconds > 0:
             raise ValueError("repository_poll_seconds must be positive")
         if self.backend != AUTO and self.backend not in BACKENDS:

@@ -89,7 +89,10 @@ class ModelControl:
             names = await asyncio.to_thread(model_names, self._repository)
         except RepositoryError as error:
             raise RepositoryError(error.file, f"{error.reason}: {_EXPORT_HINT}") from None
-        wanted = list(self._config.models) or names
+        refused = {name: problem for name in names if (problem := name_problem(name))}
+        for name, problem in refused.items():
+            log.error("model folder %s is skipped: model name %s", shortened(name), problem)
+        wanted = list(self._config.models) or [n for n in names if n not in refused]
         if not wanted and self.mode == "none":
             raise RepositoryError(str(self._repository), f"has no model: {_EXPORT_HINT}")
         default = self._config.models[0] if self._config.models else ""
@@ -147,7 +150,12 @@ class ModelControl:
             names = []
         statuses = self.table.statuses()
         for name in names:
-            if name not in statuses and not name_problem(name):
+            problem = name_problem(name)
+            if problem:
+                # Quoted and escaped: the name on disk may not even be valid UTF-8.
+                shown = shortened(name)
+                statuses[shown] = [ModelStatus(shown, "", UNAVAILABLE, f"model name {problem}")]
+            elif name not in statuses:
                 statuses[name] = [ModelStatus(name, "", UNAVAILABLE, "not loaded")]
         lines = [status for name in sorted(statuses) for status in statuses[name]]
         return [s for s in lines if s.state == READY] if ready_only else lines

@@ -121,6 +121,10 @@ def test_platform_and_backend_names(fields: str, backend: str) -> None:
     assert parse(fields).backend == backend
 
 
+def test_tritons_aoti_pairing_of_platform_and_backend() -> None:
+    assert parse('platform: "torch_aoti" backend: "pytorch"').backend == "torch_export"
+
+
 def test_default_model_filename_overrides_the_backends_file() -> None:
     settings = parse('platform: "pytorch_eager" default_model_filename: "state.pth"')
     assert (settings.backend, settings.model_filename) == ("eager", "state.pth")
@@ -244,6 +248,28 @@ ONE_INPUT = 'output { name: "y" data_type: TYPE_FP32 dims: [ 4 ] } '
         (
             "max_batch_size: 8 dynamic_batching { priority_levels: 2 }",
             "dynamic_batching.priority_levels: priorities are not supported by this server",
+        ),
+        (
+            "max_batch_size: 8 dynamic_batching { default_queue_policy "
+            "{ default_timeout_microseconds: 1000 } }",
+            "dynamic_batching.default_queue_policy: queue timeouts are not supported by this "
+            "server: clients set a deadline instead",
+        ),
+        (
+            "model_transaction_policy { decoupled: true }",
+            "model_transaction_policy.decoupled: decoupled models are not supported",
+        ),
+        (
+            'model_repository_agents { agents [ { name: "checksum" } ] }',
+            "model_repository_agents: repository agents are not supported by this server",
+        ),
+        (
+            "response_cache { enable: true }",
+            "response_cache: the response cache is not supported by this server",
+        ),
+        (
+            "instance_group [ { count: 1 }, { count: 2 passive: true } ]",
+            "instance_group[1].passive: passive instances are not supported",
         ),
         ("sequence_batching { }", "sequence_batching: not supported by this server"),
         ("ensemble_scheduling { }", "ensemble_scheduling: not supported by this server"),

@@ -99,11 +99,13 @@ def test_a_broken_model_never_takes_down_the_healthy_ones(
     (broken / "1" / "model.onnx").write_bytes(b"this is not an ONNX file")
     write_model_folder(repository, "bad_config", "max_batch_size: -1\n", {1: 1.0})
     write_model_folder(repository, "wrong_input", ADDER_CONFIG.replace('"b"', '"c"'), {1: 1.0})
+    write_model_folder(repository, "bad name", ADDER_CONFIG, {1: 1.0})
     with serving(repository) as server:
         stub = connect(server)
         assert offset_of(stub.ModelInfer(adder_request())) == 1.0
         found = states(stub)
         assert found == {
+            "'bad name'": "UNAVAILABLE",
             "adder": "READY",
             "bad_config": "UNAVAILABLE",
             "broken": "UNAVAILABLE",
@@ -115,6 +117,9 @@ def test_a_broken_model_never_takes_down_the_healthy_ones(
         )
         assert "model.onnx" in why["broken"]
         assert "'c'" in why["wrong_input"]
+        assert why["'bad name'"] == (
+            "model name has characters other than ASCII letters, digits, '_', '.' and '-'"
+        )
         assert not stub.ModelReady(pb.ModelReadyRequest(name="broken")).ready
         assert stub.ModelReady(pb.ModelReadyRequest(name="adder", version="1")).ready
         serving_status = health_pb2.HealthCheckResponse.SERVING

@@ -59,6 +59,7 @@ def test_options_are_parsed_into_typed_settings() -> None:
         ({"max_batch_size": -1}, "max_batch_size"),
         ({"model_control": "sometimes"}, "unknown model control 'sometimes'"),
         ({"repository_poll_seconds": 0}, "repository_poll_seconds must be positive"),
+        ({"model_control": "explicit", "workers": 2}, "explicit needs --workers 1"),
     ],
 )
 def test_bad_settings_are_refused_at_construction(changes: dict[str, object], message: str) -> None:

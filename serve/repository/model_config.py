@@ -2,8 +2,11 @@
 
 Unknown fields are errors (with the line and column text_format reports). Every other refusal
 names the field, in the form ``input[1].dims``. What Triton has and this server can't honour
-(a GPU, sequence or ensemble scheduling, reshapes, shape tensors, ragged batches, priorities) is
+(a GPU, sequence or ensemble scheduling, reshapes, shape tensors, ragged batches, priorities,
+queue timeouts, decoupled models, repository agents, the response cache, passive instances) is
 refused rather than ignored, so a model never runs with semantics its config didn't ask for.
+Hints that only tune performance in Triton (preferred_batch_size, optimization, model_warmup,
+rate_limiter, host_policy) are accepted and have no effect here.
 """
 
 from __future__ import annotations
@@ -100,6 +103,9 @@ def _backend(config: Any, default_model_filename: str, fail: Fail) -> str | None
     platform, backend = str(config.platform), str(config.backend)
     by_platform = _known(platform, PLATFORMS, "platform", fail)
     by_backend = _known(backend, BACKEND_FIELDS, "backend", fail)
+    # Triton pairs platform torch_aoti with backend pytorch (which alone means TorchScript).
+    if platform == "torch_aoti" and backend == "pytorch":
+        by_backend = by_platform
     if by_platform and by_backend and by_platform != by_backend:
         fail("backend", f"{backend!r} disagrees with platform {platform!r}")
     chosen = by_platform or by_backend
@@ -133,6 +139,21 @@ def _refuse_unsupported(config: Any, fail: Fail) -> None:
     batcher = config.dynamic_batching
     if batcher.priority_levels or len(batcher.priority_queue_policy):
         fail("dynamic_batching.priority_levels", "priorities are not supported by this server")
+    queue = batcher.default_queue_policy
+    if queue.default_timeout_microseconds or queue.allow_timeout_override or queue.timeout_action:
+        fail(
+            "dynamic_batching.default_queue_policy",
+            "queue timeouts are not supported by this server: clients set a deadline instead",
+        )
+    if config.model_transaction_policy.decoupled:
+        fail("model_transaction_policy.decoupled", "decoupled models are not supported")
+    if len(config.model_repository_agents.agents):
+        fail("model_repository_agents", "repository agents are not supported by this server")
+    if config.response_cache.enable:
+        fail("response_cache", "the response cache is not supported by this server")
+    for index, group in enumerate(config.instance_group):
+        if group.passive:
+            fail(f"instance_group[{index}].passive", "passive instances are not supported")
 
 
 def _tensors(kind: str, items: Sequence[Any], batching: bool, fail: Fail) -> tuple[TensorSpec, ...]:
