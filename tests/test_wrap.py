@@ -3,7 +3,6 @@ and config.pbtxt as export.triton_config writes it."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import zipfile
@@ -21,23 +20,18 @@ from export.__main__ import main
 from export.convert import torchscript_is_wanted
 from export.manifest import Preprocessing
 from export.triton_config import TensorConfig, TritonConfig, config_text
-from export.wrap import WrapError, WrapRequest, WrapResult, parse_tensor, wrap
+from export.wrap import (
+    WrapError,
+    WrapRequest,
+    WrapResult,
+    check_with_server,
+    parse_tensor,
+    wrap,
+)
 from serve.pb.kserve import model_config_pb2
 
 FP32 = model_config_pb2.DataType.TYPE_FP32
 LABELS = ("ant", "bee", "cat", "dog", "eel")
-
-
-def server_can_check() -> bool:
-    try:
-        return hasattr(importlib.import_module("serve.loading"), "check_entry")
-    except ImportError:
-        return False
-
-
-needs_server_check = pytest.mark.skipif(
-    not server_can_check(), reason="serve.loading.check_entry (the lead's) is not written yet"
-)
 
 
 @dataclass
@@ -304,6 +298,9 @@ def test_declared_outputs_are_kept(torchscript_file: Path, repository: Path) -> 
 
 def test_a_new_version_beside_the_old(onnx_file: Path, tmp_path: Path, repository: Path) -> None:
     wrap(WrapRequest(onnx_file, "adder", repository), StagedCheck())
+    config = repository / "adder" / "config.pbtxt"
+    config.write_text(config.read_text() + "version_policy { all { } }\n")
+    kept = config.read_text()
     other = write_onnx(tmp_path / "fixed.onnx", 1)
     wrap(WrapRequest(other, "adder", repository, version=2), StagedCheck())
     assert files_below(repository) == {
@@ -311,8 +308,8 @@ def test_a_new_version_beside_the_old(onnx_file: Path, tmp_path: Path, repositor
         "adder/1/model.onnx",
         "adder/2/model.onnx",
     }
-    # config.pbtxt is written anew, for the version just wrapped.
-    assert parsed(repository / "adder").max_batch_size == 0
+    # The model's config.pbtxt stays as its owner left it: the new file is checked against it.
+    assert config.read_text() == kept
 
 
 def test_an_existing_version_needs_force(
@@ -619,7 +616,20 @@ def test_command_reports_a_refused_name(
     assert capsys.readouterr().err == "wrap failed: model name '../up' contains a path separator\n"
 
 
-@needs_server_check
+def test_a_new_version_is_checked_against_the_models_config(
+    onnx_file: Path, tmp_path: Path, repository: Path
+) -> None:
+    """With the server's own check: a version that fits the model's config is added; one that
+    doesn't (no batch axis, where the config has one) is refused and nothing is written."""
+    wrap(WrapRequest(onnx_file, "adder", repository), check_with_server)
+    second = write_onnx(tmp_path / "second.onnx", "N")
+    wrap(WrapRequest(second, "adder", repository, version=2), check_with_server)
+    fixed = write_onnx(tmp_path / "fixed.onnx", 1)
+    with pytest.raises(WrapError, match="doesn't load and run"):
+        wrap(WrapRequest(fixed, "adder", repository, version=3), check_with_server)
+    assert sorted(os.listdir(repository / "adder")) == ["1", "2", "config.pbtxt"]
+
+
 def test_command_wraps_and_checks(
     onnx_file: Path,
     torchscript_file: Path,
