@@ -175,7 +175,10 @@ def wrap(request: WrapRequest, check: Checker) -> WrapResult:
         labels = _read_labels(request.labels) if request.labels else None
         config = _config(request, kind, model_file, labels)
         folder = request.repository / request.name
-        if (folder / CONFIG_NAME).is_file() and _other_versions(folder, request.version):
+        keep_config = (folder / CONFIG_NAME).is_file() and bool(
+            _other_versions(folder, request.version)
+        )
+        if keep_config:
             # A version beside others: the model's config.pbtxt (version_policy, instance_group,
             # what its users rely on) and labels stay, and the new file is checked against them.
             _copy_entry_files(folder, staged)
@@ -186,7 +189,7 @@ def wrap(request: WrapRequest, check: Checker) -> WrapResult:
         theirs = bool(request.factory) and not request.factory.startswith(OUR_FACTORIES)
         runs_code = kind == "aoti" or theirs
         summary = _checked(check, Path(tmp), request.name, runs_code)
-        _install(staged, folder, str(request.version))
+        _install(staged, folder, str(request.version), with_config=not keep_config)
     model_file = folder / str(request.version) / form.filename
     return WrapResult(folder, model_file, config, summary, runs_code)
 
@@ -505,12 +508,17 @@ def _copy_entry_files(folder: Path, staged: Path) -> None:
             shutil.copyfile(path, staged / path.name)
 
 
-def _install(staged: Path, folder: Path, version: str) -> None:
+def _install(staged: Path, folder: Path, version: str, *, with_config: bool) -> None:
     """Moves the staged entry into place with renames: a new model folder whole; into an
-    existing one only the version folder (replacing it)."""
+    existing one the version folder (replacing it), and with ``with_config`` the config.pbtxt
+    and labels that were checked with it."""
     if not os.path.lexists(folder):
         staged.rename(folder)
         return
+    if with_config:
+        for name in (CONFIG_NAME, LABELS_NAME):
+            if (staged / name).exists():
+                (staged / name).replace(folder / name)
     target = folder / version
     if os.path.lexists(target):
         previous = staged.parent / "previous"

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from export.catalog import DEFAULT_MODEL, MODEL_NAMES
 from export.manifest import MANIFEST_NAME
 from serve.config import ServerConfig
 from serve.errors import (
+    ArtifactError,
     InvalidArgument,
     ModelNotFound,
     RepositoryError,
@@ -37,6 +38,8 @@ from serve.model_table import LOADING, READY, UNAVAILABLE, ModelStatus, ModelTab
 from serve.models import ServedModel
 from serve.repository import (
     FailedModel,
+    ModelEntry,
+    ModelVersion,
     RepositoryEntry,
     model_names,
     name_problem,
@@ -69,12 +72,15 @@ class ModelControl:
         self._config = config
         self._repository = config.model_repository
         self._pool = decode_pool
-        self.table = ModelTable("", on_change or _ignore)
+        self.table = ModelTable("", on_change or _ignore, preferred_default=DEFAULT_MODEL)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Per model: the stamp of its entry, and of each loaded version (to keep unchanged ones).
         self._stamps: dict[str, Stamp] = {}
         self._version_stamps: dict[str, dict[int, Stamp]] = {}
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Old versions finishing their requests, by the model they belong to.
+        self._retiring: dict[asyncio.Task[None], str] = {}
+        # Loads and unloads under way (tasks of their own: see _owned).
+        self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
 
     @property
@@ -92,36 +98,45 @@ class ModelControl:
         refused = {name: problem for name in names if (problem := name_problem(name))}
         for name, problem in refused.items():
             log.error("model folder %s is skipped: model name %s", shortened(name), problem)
+        missing = [name for name in self._config.models if name not in names]
+        if missing and self.mode == "none":
+            # A name given on the command line that the repository doesn't hold is a typo.
+            raise ModelNotFound(
+                f"--models names {', '.join(map(shortened, missing))}, not in the repository "
+                f"{self._repository} (models: {', '.join(names) or 'none'})"
+            )
         wanted = list(self._config.models) or [n for n in names if n not in refused]
         if not wanted and self.mode == "none":
             raise RepositoryError(str(self._repository), f"has no model: {_EXPORT_HINT}")
-        default = self._config.models[0] if self._config.models else ""
-        if not default and names:
-            default = DEFAULT_MODEL if DEFAULT_MODEL in names else names[0]
-        self.table.default_model = default
+        if self._config.models:
+            self.table.default_model = self._config.models[0]
         results = await asyncio.gather(
             *(self.load(name) for name in wanted), return_exceptions=True
         )
         failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
+        for name, failure in zip(wanted, results, strict=True):
+            if not isinstance(failure, BaseException):
+                continue
             if not isinstance(failure, Exception):
                 raise failure
+            if not isinstance(failure, ArtifactError):  # those were logged as they failed
+                log.error("model %s: %s", shortened(name), failure)
         if self.mode == "none" and len(failures) == len(wanted):
             raise failures[0]
         if self._config.model_control == "poll":
             self._poller = asyncio.create_task(self._poll(), name="repository-poll")
 
     async def load(self, name: str) -> None:
-        """(Re)loads ``name`` from the repository; raises the reason it can't be served."""
+        """(Re)loads ``name`` from the repository; raises the reason it can't be served. The work
+        runs as a task of its own: a caller that gives up (a client's deadline) leaves it to
+        finish, so a model is never left half loaded."""
         problem = name_problem(name)
         if problem:
             raise InvalidArgument(f"model name {shortened(name)} {problem}")
         if not await asyncio.to_thread(self._in_repository, name):
             hint = f": run `make export MODEL={name}`" if name in MODEL_NAMES else ""
             raise ModelNotFound(f"model {name!r} is not in the repository {self._repository}{hint}")
-        async with self._locks[name]:
-            entry, stamp, versions = await asyncio.to_thread(self._look, name)
-            await self._load(name, entry, stamp, versions)
+        await self._owned(self._load_locked(name), f"load-{name}")
 
     async def unload(self, name: str) -> None:
         """Stops serving ``name``; returns once its versions have finished their requests. A model
@@ -129,17 +144,41 @@ class ModelControl:
         problem = name_problem(name)
         if problem:
             raise InvalidArgument(f"model name {shortened(name)} {problem}")
-        if not self.table.knows(name):
-            if not await asyncio.to_thread(self._in_repository, name):
-                raise ModelNotFound(f"model {name!r} is not in the repository {self._repository}")
-            return
+        if not self.table.knows(name) and not await asyncio.to_thread(self._in_repository, name):
+            raise ModelNotFound(f"model {name!r} is not in the repository {self._repository}")
+        await self._owned(self._unload_locked(name), f"unload-{name}")
+
+    async def _load_locked(self, name: str) -> None:
         async with self._locks[name]:
+            entry, stamp, versions = await asyncio.to_thread(self._look, name)
+            await self._load(name, entry, stamp, versions)
+
+    async def _unload_locked(self, name: str) -> None:
+        async with self._locks[name]:
+            # Known only once a load has begun: checked under the lock, so an unload that comes
+            # while a first load runs waits for it, then unloads.
+            if not self.table.knows(name):
+                return
             old = self.table.remove(name, "unloaded")
             self._stamps.pop(name, None)
             self._version_stamps.pop(name, None)
         if old:
             log.info("unloading %s (%d version(s))", name, len(old))
-        await asyncio.gather(*(model.retire() for model in old))
+        for model in old:
+            self._retire(model)
+        # Versions a reload retired earlier finish too before the unload answers.
+        await asyncio.gather(
+            *(task for task, owner in self._retiring.items() if owner == name),
+            return_exceptions=True,
+        )
+
+    async def _owned(self, work: Coroutine[object, object, None], label: str) -> None:
+        """Runs ``work`` as a task the control owns (close() waits for it), and waits for it
+        without letting the caller's cancellation reach it."""
+        task = asyncio.create_task(work, name=label)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
 
     async def index(self, ready_only: bool = False) -> list[ModelStatus]:
         """Every model of the repository and every model served, with its state and reason."""
@@ -164,6 +203,9 @@ class ModelControl:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()  # a load stops at its next step and closes what it loaded
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*self._retiring, return_exceptions=True)
         for model in self.table.served():
             await model.close()
@@ -215,17 +257,17 @@ class ModelControl:
                     new[version.number] = unchanged
                     continue
                 served = await asyncio.to_thread(
-                    load_version, entry, version, self._config, self._pool
+                    _load_version, entry, version, self._config, self._pool
                 )
                 served.batcher.start()
                 loaded.append(served)
                 new[version.number] = served
-        except Exception as error:
+        except BaseException as error:  # cancelled (shutdown) included: nothing half loaded stays
             for model in loaded:
                 await model.close()
-            reason = _reason(error)
+            reason = _reason(error) if isinstance(error, Exception) else "loading was cancelled"
             self._failed(name, reason)
-            if isinstance(error, TorchgrpcError):
+            if isinstance(error, TorchgrpcError) or not isinstance(error, Exception):
                 raise
             raise RepositoryError(str(entry.folder), reason) from None
         old = self.table.install(name, new)
@@ -247,8 +289,8 @@ class ModelControl:
 
     def _retire(self, model: ServedModel) -> None:
         task = asyncio.create_task(model.retire(), name=f"retire-{model.name}-{model.version}")
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = model.name
+        task.add_done_callback(self._retiring.pop)
 
     async def _poll(self) -> None:
         # A changed model whose new stamp must hold still for one more look before it reloads.
@@ -279,7 +321,8 @@ class ModelControl:
                     pending[name] = stamp
                     continue
                 pending.pop(name)
-                log.info("%s changed on disk: loading it", name)
+                known = name in self._stamps
+                log.info("%s %s: loading it", name, "changed on disk" if known else "appeared")
                 # A failure is reported in the index and the log by _load.
                 with contextlib.suppress(Exception):
                     await self._load(name, entry, stamp, versions)
@@ -287,6 +330,17 @@ class ModelControl:
             log.info("%s is gone from the repository: unloading it", name)
             await self.unload(name)
             self.table.forget(name)
+
+
+def _load_version(
+    entry: ModelEntry, version: ModelVersion, config: ServerConfig, pool: Executor
+) -> ServedModel:
+    """``load_version`` for a worker thread: a StopIteration (from a model's or a library's
+    code) can't cross into an asyncio future, which would then never complete."""
+    try:
+        return load_version(entry, version, config, pool)
+    except StopIteration:
+        raise ArtifactError(f"{version.folder}: loading failed (StopIteration)") from None
 
 
 def _file_stamp(path: Path) -> tuple[str, int, int, int]:

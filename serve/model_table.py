@@ -40,12 +40,33 @@ class _Slot:
 
 
 class ModelTable:
-    def __init__(self, default_model: str, on_change: Callable[[str, bool], None]) -> None:
-        """``default_model`` answers requests that name no model; ``on_change(name, ready)`` is
-        told whenever a model's readiness may have changed (per-model health)."""
-        self.default_model = default_model
+    def __init__(
+        self,
+        default_model: str,
+        on_change: Callable[[str, bool], None],
+        preferred_default: str = "",
+    ) -> None:
+        """``default_model`` answers requests that name no model; "" lets the table pick:
+        ``preferred_default`` when it serves, else the first model serving (a server may start
+        with none and load them later). ``on_change(name, ready)`` is told whenever a model's
+        readiness may have changed (per-model health)."""
+        self._default_model = default_model
+        self._preferred_default = preferred_default
         self._slots: dict[str, _Slot] = {}
         self._on_change = on_change
+
+    @property
+    def default_model(self) -> str:
+        if self._default_model:
+            return self._default_model
+        ready = self.ready_names()
+        if self._preferred_default in ready:
+            return self._preferred_default
+        return min(ready) if ready else ""
+
+    @default_model.setter
+    def default_model(self, name: str) -> None:
+        self._default_model = name
 
     def model(self, name: str, version: str = "") -> ServedModel:
         """The model called ``name`` (the default one for "") at ``version`` ("" = newest)."""
@@ -135,4 +156,8 @@ class ModelTable:
 
 
 def _number(version: str) -> int | None:
-    return int(version) if version.isascii() and version.isdigit() and version[0] != "0" else None
+    """The version number ``version`` names, or None: versions are int64, at most 19 digits (and
+    Python refuses to parse very long digit strings at all)."""
+    if not (version.isascii() and version.isdigit()) or version[0] == "0" or len(version) > 19:
+        return None
+    return int(version)

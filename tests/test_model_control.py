@@ -11,10 +11,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import TensorProto, helper
 
 from serve.config import ServerConfig
+from serve.errors import ModelNotFound
 from serve.pb.kserve import grpc_service_pb2 as pb
 from serve.pb.kserve import grpc_service_pb2_grpc as pb_grpc
 from tests.conftest import ServerThread
@@ -330,3 +333,56 @@ def test_a_model_without_batch_axis_runs_each_request_alone(
             stub.ModelInfer(wrong)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "expected [2, 4]" in str(refused.value.details())
+
+
+def test_start_up_refuses_a_model_name_the_repository_lacks(repository: Path) -> None:
+    write_model_folder(repository, "adder", ADDER_CONFIG, {1: 1.0})
+    refused = pytest.raises(ModelNotFound, match=r"--models names 'addr', not in the repository")
+    with refused, serving(repository, models=("addr", "adder")):
+        pass
+
+
+def test_a_load_outlives_a_client_that_gives_up(
+    repository: Path, connect: Callable[[ServerThread], pb_grpc.GRPCInferenceServiceStub]
+) -> None:
+    """The load runs on after the caller's deadline: the model ends READY, never stuck LOADING;
+    a server that started with no model takes the first one loaded as its default."""
+    write_model_folder(repository, "adder", ADDER_CONFIG, {1: 1.0})
+    with serving(repository, model_control="explicit", models=()) as server:
+        stub = connect(server)
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="adder"))
+        with pytest.raises(grpc.RpcError) as gave_up:
+            stub.RepositoryModelLoad(
+                pb.RepositoryModelLoadRequest(model_name="adder"), timeout=0.001
+            )
+        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_for(lambda: states(stub).get("adder") == "READY")
+        assert offset_of(stub.ModelInfer(adder_request(name=""))) == 1.0
+
+
+def test_an_image_model_with_no_name_left_for_its_images_is_refused(
+    repository: Path, connect: Callable[[ServerThread], pb_grpc.GRPCInferenceServiceStub]
+) -> None:
+    names = ("image", "encoded_image", "image_bytes")
+    shape = ["N", 3, 8, 8]
+    graph = helper.make_graph(
+        [helper.make_node("Sum", list(names), ["total"])],
+        "crowded",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in names],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (repository / "crowded" / "1").mkdir(parents=True)
+    onnx.save(model, str(repository / "crowded" / "1" / "model.onnx"))
+    (repository / "crowded" / "config.pbtxt").write_text(
+        'parameters { key: "image_input" value { string_value: "image" } }\n'
+    )
+    write_model_folder(repository, "adder", ADDER_CONFIG, {1: 1.0})
+    with serving(repository) as server:
+        stub = connect(server)
+        assert "every name the encoded images could have" in reasons(stub)["crowded"]
+        assert states(stub)["adder"] == "READY"
+        with pytest.raises(grpc.RpcError) as huge:
+            stub.ModelInfer(adder_request(version="9" * 5000))
+        assert huge.value.code() == grpc.StatusCode.NOT_FOUND

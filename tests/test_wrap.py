@@ -320,6 +320,8 @@ def test_an_existing_version_needs_force(
         wrap(WrapRequest(program_file, "m", repository), StagedCheck())
     wrap(WrapRequest(program_file, "m", repository, force=True), StagedCheck())
     assert files_below(repository) == {"m/config.pbtxt", "m/1/model.pt2"}
+    # The model's only version replaced: its config.pbtxt is the one checked with the new file.
+    assert parsed(repository / "m").platform == "torch_export"
     assert sorted(os.listdir(repository)) == ["m"]
 
 

@@ -142,7 +142,13 @@ def _image_front(
         max_pixels=max_pixels or limits.max_pixels,
         max_request_pixels=max_request_pixels or limits.max_request_pixels,
     )
-    free = next(n for n in _IMAGE_INPUT_NAMES if n not in inputs)
+    free = next((n for n in _IMAGE_INPUT_NAMES if n not in inputs), None)
+    if free is None:
+        fail(
+            IMAGE_INPUT_PARAMETER,
+            f"the model's own inputs take every name the encoded images could have "
+            f"({', '.join(_IMAGE_INPUT_NAMES)})",
+        )
     return ImageFront(
         name,
         preprocessing,
