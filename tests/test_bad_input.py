@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import struct
 import time
 import zlib
@@ -118,3 +119,40 @@ async def test_bad_requests_dont_harm_good_ones_in_flight(server: ServerThread) 
     for error in results[len(good) :]:
         assert isinstance(error, grpc.aio.AioRpcError)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# Not protobuf: a field tag with an invalid wire type.
+BAD_WIRE_FORMAT = b"\xff\xff\xff\xff"
+MALFORMED = [
+    ("/InferenceServer/inference", BAD_WIRE_FORMAT),
+    ("/torchgrpc.v1.Classifier/Classify", BAD_WIRE_FORMAT),
+    ("/inference.GRPCInferenceService/ModelInfer", BAD_WIRE_FORMAT),
+    # A string field holding bytes that are not UTF-8: `model` (3), `model_name` (1).
+    ("/torchgrpc.v1.Classifier/Classify", b"\x1a\x02\xc3\x28"),
+    ("/inference.GRPCInferenceService/ModelInfer", b"\x0a\x02\xc3\x28"),
+]
+STREAM_METHODS = [
+    "/torchgrpc.v1.Classifier/ClassifyStream",
+    "/inference.GRPCInferenceService/ModelStreamInfer",
+]
+
+
+@pytest.mark.parametrize(("method", "data"), MALFORMED)
+def test_a_malformed_message_is_invalid_argument_and_logs_no_traceback(
+    server: ServerThread, method: str, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as error:
+        channel.unary_unary(method)(data, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(error.value.details()).startswith("the request is not a valid message")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("method", STREAM_METHODS)
+def test_a_malformed_stream_item_ends_the_stream_with_invalid_argument(
+    server: ServerThread, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as error:
+        list(channel.stream_stream(method)(iter([BAD_WIRE_FORMAT]), timeout=30))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -14,6 +14,7 @@ from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
 from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
 from serve.services.status import Context, call_of, rpc_errors, status_of
 from serve.services.streaming import serve_stream
+from serve.services.undecodable import register
 
 __all__ = ["ClassifierService"]
 
@@ -25,7 +26,7 @@ class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
         self._core = core
 
     def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_ClassifierServicer_to_server(self, server)
+        register(pb_grpc.add_ClassifierServicer_to_server, self, server)
 
     @rpc_errors
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:

@@ -23,6 +23,7 @@ from serve.services.kserve_config import effective_config
 from serve.services.kserve_tensors import decode_request, encode_response
 from serve.services.status import Context, call_of, rpc_errors, status_of
 from serve.services.streaming import serve_stream
+from serve.services.undecodable import register
 from serve.statistics import Duration, InferenceStatistics
 from serve.tensors import TensorSpec
 
@@ -53,7 +54,7 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         self._is_ready = is_ready
 
     def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self, server)
+        register(pb_grpc.add_GRPCInferenceServiceServicer_to_server, self, server)
 
     @rpc_errors
     async def ServerLive(

@@ -7,6 +7,7 @@ import grpc
 from serve.core import InferenceCore
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.services.status import Context, call_of, rpc_errors
+from serve.services.undecodable import register
 
 __all__ = ["TutorialService"]
 
@@ -18,7 +19,7 @@ class TutorialService(inference_pb2_grpc.InferenceServerServicer):  # type: igno
         self._core = core
 
     def register(self, server: grpc.aio.Server) -> None:
-        inference_pb2_grpc.add_InferenceServerServicer_to_server(self, server)
+        register(inference_pb2_grpc.add_InferenceServerServicer_to_server, self, server)
 
     @rpc_errors
     async def inference(
