@@ -14,12 +14,16 @@ from typing import Self
 
 __all__ = ["ServerProcess"]
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 class ServerProcess:
     """``with ServerProcess(["--backend", "torchscript"]) as server: server.address``.
 
     Starts ``python -m serve ... --port 0``, waits for its ready file (so the port is the one it
-    really bound, with no probe-then-bind race) and stops it with SIGTERM on exit.
+    really bound, with no probe-then-bind race) and stops it with SIGTERM on exit. This
+    checkout's server also gets a free metrics port (``metrics_port``), so that servers started
+    side by side don't compete for the default one (another revision's may not know the option).
     """
 
     def __init__(
@@ -44,6 +48,8 @@ class ServerProcess:
         self._log = Path(self._folder.name) / "server.log"
         self._process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        # This checkout's server's metrics listener; 0 for the others.
+        self.metrics_port = 0
         self.startup_seconds = 0.0
 
     @property
@@ -67,8 +73,10 @@ class ServerProcess:
 
     def _start(self) -> None:
         started = time.perf_counter()
+        this_server = self._module == "serve" and (self._cwd or ROOT).resolve() == ROOT
+        metrics = ["--metrics-port", "-1"] if this_server else []
         command = [self._python, "-m", self._module, "--port", "0", "--ready-file",
-                   str(self._ready), *self._arguments]  # fmt: skip
+                   str(self._ready), *metrics, *self._arguments]  # fmt: skip
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, cwd=self._cwd
@@ -80,7 +88,9 @@ class ServerProcess:
                 raise TimeoutError(f"server not ready in {self._timeout} s")
             time.sleep(0.05)
         self.startup_seconds = time.perf_counter() - started
-        self.port = int(json.loads(self._ready.read_text())["port"])
+        ready = json.loads(self._ready.read_text())
+        self.port = int(ready["port"])
+        self.metrics_port = int(ready.get("metrics_port", 0))
 
     def __exit__(
         self,

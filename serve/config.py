@@ -25,12 +25,21 @@ from serve.imaging import (
     ImageLimits,
 )
 
-__all__ = ["DEFAULT_ARTIFACTS", "LOOPBACK", "ServerConfig", "add_arguments", "config_from_args"]
+__all__ = [
+    "DEFAULT_ARTIFACTS",
+    "FREE_PORT",
+    "LOOPBACK",
+    "ServerConfig",
+    "add_arguments",
+    "config_from_args",
+]
 
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 # Listens on 127.0.0.1 and ::1: reachable from this machine only, which is the safe default.
 LOOPBACK = "localhost"
 AUTOMATIC = 0
+# --metrics-port: 0 turns metrics off, this picks a free port (as --port 0 does).
+FREE_PORT = -1
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
 
@@ -75,6 +84,12 @@ class ServerConfig:
     )
     host: str = _setting(LOOPBACK, "address to listen on; 'localhost' = 127.0.0.1 and ::1 only")
     port: int = _setting(50052, "port; 0 picks a free one")
+    metrics_port: int = _setting(
+        8002,
+        "HTTP port, on --host, of the Prometheus metrics (/metrics) and KServe's HTTP health "
+        f"paths (/v2/health/live, /v2/health/ready); 0 turns it off, {FREE_PORT} picks a free "
+        "one; with --workers N, worker i listens on this port + i",
+    )
     model_repository: Path = _setting(
         DEFAULT_ARTIFACTS,
         "the model repository: one folder per model, in Triton's layout (the export stage "
@@ -142,6 +157,10 @@ class ServerConfig:
             raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port {self.port} is out of range")
+        if not FREE_PORT <= self.metrics_port <= 65536 - self.workers:
+            raise ValueError(f"metrics_port {self.metrics_port} is out of range")
+        if self.metrics_port > 0 and self.port == self.metrics_port:
+            raise ValueError(f"port and metrics_port are both {self.port}: they must differ")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
         for name in (

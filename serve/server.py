@@ -1,8 +1,9 @@
 """The server's lifecycle: load models, listen, serve, and shut down in a written order.
 
-``async with Server(config) as server`` starts it and yields it (``server.port`` is the bound port),
-and is what tests and embedding code use; ``serve()`` runs until ``stop()`` is called; ``run()`` is
-the only place that creates an event loop and installs signal handlers (``python -m serve``).
+``async with Server(config) as server`` starts it and yields it (``server.port`` is the bound
+port, ``server.metrics_port`` the metrics listener's), and is what tests and embedding code use;
+``serve()`` runs until ``stop()`` is called; ``run()`` is the only place that creates an event
+loop and installs signal handlers (``python -m serve``).
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from serve.config import LOOPBACK, ServerConfig
+from serve.config import FREE_PORT, LOOPBACK, ServerConfig
 from serve.core import InferenceCore
+from serve.metrics import ServerMetrics
 from serve.model_control import ModelControl
 from serve.services import WireService
 from serve.services.classifier import ClassifierService
 from serve.services.kserve import KServeService
+from serve.services.metering import metering
+from serve.services.reflection import enable_reflection
 from serve.services.tutorial import TutorialService
 
 __all__ = ["MODEL_HEALTH_PREFIX", "Server", "run", "write_atomically"]
@@ -42,10 +45,14 @@ class Server:
         self.config = config
         self.port = 0
         self.addresses: list[str] = []
+        # The metrics listener's port (0 while it is off) and addresses.
+        self.metrics_port = 0
+        self.metrics_addresses: list[str] = []
         self._decode_pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="decode")
         self._grpc: grpc.aio.Server | None = None
         self._core: InferenceCore | None = None
         self._control: ModelControl | None = None
+        self._metrics: ServerMetrics | None = None
         self._health_updates: set[asyncio.Future[None]] = set()
         self._health = health_aio.HealthServicer()
         self._stop_requested = asyncio.Event()
@@ -65,9 +72,11 @@ class Server:
         return self._control
 
     async def start(self) -> None:
-        """Loads the start-up models (off the loop), binds, and reports SERVING once requests can
-        run."""
+        """Opens the metrics listener (live, not ready), loads the start-up models (off the loop),
+        binds, and reports SERVING once requests can run."""
         self._control = ModelControl(self.config, self._decode_pool, self._model_health)
+        if self.config.metrics_port:
+            await self._listen_for_metrics(ServerMetrics(self._control.table, self.is_ready))
         await self._control.start()
         self._core = InferenceCore(self._control.table)
         self._grpc = grpc.aio.server(options=self._grpc_options())
@@ -80,16 +89,15 @@ class Server:
             service.register(self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = [s.SERVICE_NAME for s in services]
-        reflection.enable_server_reflection(
-            [
-                *names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self._grpc,
+        enable_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self._grpc
         )
         self._bind(self._grpc)
-        await self._grpc.start()
+        if self._metrics is None:
+            await self._grpc.start()
+        else:
+            with metering(self._metrics.requests):  # every RPC's task inherits the meter
+                await self._grpc.start()
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         for status in await self._control.index():
@@ -99,6 +107,12 @@ class Server:
 
     def is_ready(self) -> bool:
         return self._ready
+
+    async def _listen_for_metrics(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+        port = self.config.metrics_port
+        await metrics.listen(_hosts(self.config), 0 if port == FREE_PORT else port)
+        self.metrics_port, self.metrics_addresses = metrics.port, metrics.addresses
 
     def _model_health(self, name: str, ready: bool) -> None:
         """Called on the event loop whenever a model's readiness may have changed."""
@@ -111,7 +125,8 @@ class Server:
 
     async def stop(self) -> None:
         """NOT_SERVING first (probes steer traffic away), then stop accepting and drain within the
-        grace period, then unload the models. Safe after a failed or partial start."""
+        grace period, then unload the models, then close the metrics listener (which answers
+        not ready meanwhile). Safe after a failed or partial start."""
         self._ready = False
         if self._grpc is not None:
             await self._health.enter_graceful_shutdown()
@@ -122,6 +137,9 @@ class Server:
             self._control = None
             self._core = None
             log.info("server stopped")
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def request_stop(self) -> None:
@@ -161,15 +179,10 @@ class Server:
         ]
 
     def _bind(self, server: grpc.aio.Server) -> None:
-        hosts = (
-            ["127.0.0.1", "[::1]"]
-            if self.config.host == LOOPBACK
-            else [_bracketed(self.config.host)]
-        )
         credentials = self._credentials()
         port = self.config.port
-        for index, host in enumerate(hosts):
-            address = f"{host}:{port}"
+        for index, host in enumerate(_hosts(self.config)):
+            address = f"{_bracketed(host)}:{port}"
             try:
                 if credentials is None:
                     bound = server.add_insecure_port(address)
@@ -181,7 +194,7 @@ class Server:
                 log.warning("not listening on %s (%s)", address, error)
                 continue
             port = self.port = bound
-            self.addresses.append(f"{host}:{bound}")
+            self.addresses.append(f"{_bracketed(host)}:{bound}")
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         cert, key = self.config.tls_cert, self.config.tls_key
@@ -192,6 +205,9 @@ class Server:
     def _announce(self) -> None:
         models = ", ".join(f"{m.name} ({m.backend})" for m in self.core.models) or "no model"
         log.info("serving %s on %s", models, ", ".join(self.addresses))
+        if self.metrics_addresses:
+            urls = ", ".join(f"http://{address}/metrics" for address in self.metrics_addresses)
+            log.info("metrics on %s", urls)
         if not self.config.is_loopback and self.config.tls_cert is None:
             log.warning(
                 "listening on %s without TLS or authentication: anyone who can reach it can use "
@@ -201,8 +217,20 @@ class Server:
         if self.config.ready_file is not None:
             write_atomically(
                 self.config.ready_file,
-                json.dumps({"port": self.port, "addresses": self.addresses, "pid": os.getpid()}),
+                json.dumps(
+                    {
+                        "port": self.port,
+                        "addresses": self.addresses,
+                        "metrics_port": self.metrics_port,
+                        "pid": os.getpid(),
+                    }
+                ),
             )
+
+
+def _hosts(config: ServerConfig) -> list[str]:
+    """The addresses --host means, unbracketed; a server listens on the first, then the others."""
+    return ["127.0.0.1", "::1"] if config.host == LOOPBACK else [config.host.strip("[]")]
 
 
 def _bracketed(host: str) -> str:

@@ -57,8 +57,13 @@ def run_workers(config: ServerConfig, ready_folder: Path) -> None:
     with _reserved_port(config) as port:
         processes = []
         for index in range(config.workers):
+            # Each worker has metrics of its own, so a port of its own (0 and -1 stay as they are).
+            metrics_port = config.metrics_port + (index if config.metrics_port > 0 else 0)
             worker_config = replace(
-                config, port=port, ready_file=_worker_ready_file(ready_folder, index)
+                config,
+                port=port,
+                metrics_port=metrics_port,
+                ready_file=_worker_ready_file(ready_folder, index),
             )
             process = context.Process(
                 target=_serve_worker,

@@ -111,8 +111,12 @@ def resnet34_export(torch_home: Path) -> ExportResult:
 
 @pytest.fixture(scope="session")
 def base_config(lite0_export: ExportResult, resnet34_export: ExportResult) -> ServerConfig:
+    # No metrics listener (tests/test_metrics.py has its own): test servers run side by side.
     return ServerConfig(
-        models=("efficientnet_lite0", "resnet34"), model_repository=TEST_ARTIFACTS, port=0
+        models=("efficientnet_lite0", "resnet34"),
+        model_repository=TEST_ARTIFACTS,
+        port=0,
+        metrics_port=0,
     )
 
 

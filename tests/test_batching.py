@@ -36,7 +36,6 @@ from serve.errors import (
     ServerUnavailable,
     TorchgrpcError,
 )
-from serve.statistics import Duration
 
 HANG_GUARD = 10.0  # seconds; only ever reached when something is broken
 SHAPE = (3, 2, 2)  # one tiny "image"
@@ -1044,6 +1043,7 @@ async def test_statistics_count_requests_rows_and_batches(make: MakeHarness) -> 
     # Every successful request is charged its queue time and its batches' stage times.
     assert statistics.queue.count == statistics.success.count
     assert statistics.compute_infer.count == statistics.success.count
+    assert statistics.decode.count == statistics.success.count
     assert statistics.success.ns >= statistics.queue.ns  # a request's time includes its queueing
 
 
@@ -1215,7 +1215,9 @@ async def test_one_hop_makes_and_runs_on_the_solo_thread(make: MakeHarness) -> N
     assert (stats.one_hop, stats.solo, stats.batches, stats.rows) == (1, 1, 1, 1)
     statistics = h.batcher.statistics
     assert (statistics.success.count, statistics.inference_count) == (1, 1)
-    assert statistics.queue == Duration(1, 0)  # never queued
+    assert (statistics.queue.count, statistics.queue.ns) == (1, 0)  # never queued
+    # Made on the model's thread: making the inputs was the batch's input stage.
+    assert statistics.decode.count == 1 and statistics.decode.ns == statistics.compute_input.ns
     assert statistics.execution_count == 1 and statistics.batches[1].compute_infer.count == 1
     assert h.batcher.queued == 0
 

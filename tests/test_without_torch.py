@@ -21,7 +21,8 @@ from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
 from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, TEST_ARTIFACTS
 
 MODULE = "tests.serve_without_torch"
-ARGUMENTS = ["--model", "efficientnet_lite0", "--artifacts", str(TEST_ARTIFACTS)]
+ARGUMENTS = ["--model", "efficientnet_lite0", "--artifacts", str(TEST_ARTIFACTS),
+             "--metrics-port", "0"]  # fmt: skip
 
 
 def test_every_api_is_served_without_pytorch(lite0_export: ExportResult) -> None:

@@ -12,8 +12,17 @@ import grpc
 
 from serve.batching import Call
 from serve.errors import TorchgrpcError
+from serve.services.metering import metered, note_failure
 
-__all__ = ["Context", "call_of", "deadline_of", "rpc_errors", "status_of"]
+__all__ = [
+    "Context",
+    "call_of",
+    "cancelled_status",
+    "code_of",
+    "deadline_of",
+    "rpc_errors",
+    "status_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -23,27 +32,51 @@ Service = TypeVar("Service")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 UnaryHandler = Callable[[Service, Request, Context], Awaitable[Response]]
+_OK = grpc.StatusCode.OK
 
 
 def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
     """Our errors carry their status; anything else is a bug: INTERNAL, logged with its trace."""
+    code = code_of(error)
+    note_failure(code)
     if isinstance(error, TorchgrpcError):
-        return error.status_code, error.message
+        return code, error.message
     log.error("unexpected error while serving a request", exc_info=error)
-    return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); see the server log"
+    return code, f"internal error ({type(error).__name__}); see the server log"
+
+
+def code_of(error: BaseException) -> grpc.StatusCode:
+    """The status ``error`` maps to (as ``status_of``, without logging it)."""
+    return error.status_code if isinstance(error, TorchgrpcError) else grpc.StatusCode.INTERNAL
+
+
+def cancelled_status(context: Context) -> grpc.StatusCode:
+    """Why gRPC cancelled a call's handler: its deadline passed, or its client gave up."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def rpc_errors(
     handler: UnaryHandler[Service, Request, Response],
 ) -> UnaryHandler[Service, Request, Response]:
-    """Wraps a unary handler so every failure reaches the client as a precise status."""
+    """Wraps a unary handler so every failure reaches the client as a precise status, and every
+    inference request is metered."""
 
     @functools.wraps(handler)
     async def wrapper(self: Service, request: Request, context: Context) -> Response:
+        request_metrics = metered(request)
+        code = None  # until the handler ends; it doesn't when gRPC cancels it
         try:
-            return await handler(self, request, context)
+            response = await handler(self, request, context)
+            code = _OK
+            return response
         except Exception as error:
             code, details = status_of(error)
+        finally:
+            if request_metrics is not None:
+                request_metrics.done(code if code is not None else cancelled_status(context))
         # Outside the except block: abort() raises, and its exception must not be re-mapped.
         await context.abort(code, details)
         raise AssertionError("unreachable: context.abort raises")

@@ -11,12 +11,16 @@ as Triton's streams do) or each as soon as it is ready.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TypeVar
 
+import grpc
+
 from serve.batching import Call
-from serve.services.status import Context, deadline_of
+from serve.services.metering import item_context, metered, noted_failure
+from serve.services.status import Context, cancelled_status, code_of, deadline_of
 
 __all__ = ["STREAM_WINDOW", "serve_stream"]
 
@@ -52,7 +56,7 @@ async def serve_stream(
                 await window.acquire()
                 admitted = asyncio.Event()
                 call = Call(deadline, wait_for_room=True, admitted=admitted)
-                task: asyncio.Task[Answer] = asyncio.create_task(answer(item, call))
+                task = _start(answer(item, call), item, context)
                 running.add(task)
                 task.add_done_callback(running.discard)
                 if ordered:
@@ -83,6 +87,31 @@ async def serve_stream(
             pending.cancel()
         # Retrieves their own failures (if any), so that none is reported twice.
         await asyncio.gather(reader, *running, return_exceptions=True)
+
+
+def _start(
+    answer: Coroutine[object, object, Answer], item: object, context: Context
+) -> asyncio.Task[Answer]:
+    """The task answering ``item``; an inference request is metered until the task ends."""
+    request_metrics = metered(item)
+    if request_metrics is None:
+        return asyncio.create_task(answer)
+    item_vars = item_context()
+    task = asyncio.create_task(answer, context=item_vars)
+    task.add_done_callback(lambda done: request_metrics.done(_status(done, item_vars, context)))
+    return task
+
+
+def _status(
+    task: asyncio.Task[Answer], item_vars: contextvars.Context, context: Context
+) -> grpc.StatusCode:
+    """How an item's request ended: its answer reports a failure in the item's own context."""
+    if task.cancelled():
+        return cancelled_status(context)
+    error = task.exception()
+    if error is not None:
+        return code_of(error)
+    return noted_failure(item_vars) or grpc.StatusCode.OK
 
 
 async def _either(admitted: asyncio.Event, task: asyncio.Task[Answer]) -> None:
