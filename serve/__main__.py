@@ -10,6 +10,7 @@ from pathlib import Path
 
 from serve.config import add_arguments, config_from_args
 from serve.errors import TorchgrpcError
+from serve.process_limits import raise_open_files_limit
 from serve.server import run
 from serve.workers import run_workers
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    raise_open_files_limit()
     try:
         if config.workers > 1:
             with tempfile.TemporaryDirectory(prefix="torchgrpc-workers-") as folder:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import subprocess
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -96,7 +98,8 @@ def test_opening_to_the_network_without_tls_warns(
 
 def test_missing_artifacts_stop_start_up_with_the_fix(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "serve", "--artifacts", str(tmp_path), "--port", "0"],
+        [sys.executable, "-m", "serve", "--artifacts", str(tmp_path), "--port", "0",
+         "--metrics-port", "0"],
         capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert done.returncode == 1
@@ -130,3 +133,31 @@ def test_tls_serves_securely_and_opening_it_up_does_not_warn(
             )
     assert list(reply.pred) == [EGYPTIAN_CAT]
     assert not any("without TLS" in r.getMessage() for r in caplog.records)
+
+
+def test_the_server_takes_the_hard_open_files_limit(tmp_path: Path) -> None:
+    """A soft limit of 256 descriptors (a shell's default is 1,024) would lock clients out after
+    as many connections: the server raises it to the hard limit at start-up."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip(f"the hard limit here ({hard}) leaves nothing to raise")
+    ready = tmp_path / "ready.json"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "serve", "--model-repository", str(tmp_path / "empty"),
+         "--model-control", "explicit", "--port", "0", "--metrics-port", "0",
+         "--ready-file", str(ready)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )  # fmt: skip
+    try:
+        (tmp_path / "empty").mkdir()
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.1)
+        assert ready.exists(), "the server did not start"
+        limits = Path(f"/proc/{server.pid}/limits").read_text()
+        (line,) = [row for row in limits.splitlines() if row.startswith("Max open files")]
+        assert line.split()[3:5] == [str(hard), str(hard)]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
