@@ -9,10 +9,13 @@ loop and installs signal handlers (``python -m serve``).
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
 import signal
+import socket
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -189,9 +192,11 @@ class Server:
                 else:
                     bound = server.add_secure_port(address, credentials)
             except RuntimeError as error:
-                if index == 0:
+                if index == 0 or _in_use(host, port):
+                    # The other half of localhost taken by another process would answer half of
+                    # the clients: refused rather than served.
                     raise OSError(f"can't listen on {address}: {error}") from None
-                log.warning("not listening on %s (%s)", address, error)
+                log.warning("not listening on %s (%s)", address, error)  # no IPv6 here, say
                 continue
             port = self.port = bound
             self.addresses.append(f"{_bracketed(host)}:{bound}")
@@ -200,6 +205,7 @@ class Server:
         cert, key = self.config.tls_cert, self.config.tls_key
         if cert is None or key is None:
             return None
+        _check_key_pair(cert, key)
         return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
 
     def _announce(self) -> None:
@@ -231,6 +237,31 @@ class Server:
 def _hosts(config: ServerConfig) -> list[str]:
     """The addresses --host means, unbracketed; a server listens on the first, then the others."""
     return ["127.0.0.1", "::1"] if config.host == LOOPBACK else [config.host.strip("[]")]
+
+
+def _in_use(host: str, port: int) -> bool:
+    """Whether another socket holds ``host:port`` (rather than the address being unusable)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
+
+
+def _check_key_pair(cert: Path, key: Path) -> None:
+    """gRPC reports a bad certificate or key only as "Failed to bind": say what is wrong."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except FileNotFoundError as error:
+        raise OSError(f"TLS: {error.filename} does not exist") from None
+    except ssl.SSLError as error:
+        reason = error.reason or str(error)
+        raise OSError(
+            f"TLS: --tls-cert {cert} and --tls-key {key} are not a PEM certificate chain and its "
+            f"private key ({reason})"
+        ) from None
 
 
 def _bracketed(host: str) -> str:

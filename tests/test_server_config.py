@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -161,3 +162,30 @@ def test_the_server_takes_the_hard_open_files_limit(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def test_half_of_localhost_taken_by_another_process_stops_start_up(
+    base_config: ServerConfig,
+) -> None:
+    """A port free on 127.0.0.1 but held on ::1 by someone else: serving only half of localhost
+    would send some clients to the other process."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as other:
+        try:
+            other.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        other.listen()
+        port = other.getsockname()[1]
+        clash = config_with(base_config, models=("efficientnet_lite0",), port=port)
+        with pytest.raises(OSError, match=rf"can.t listen on \[::1\]:{port}"), ServerThread(clash):
+            pass
+
+
+def test_a_bad_tls_key_pair_says_so(base_config: ServerConfig, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    key.write_text("nor this\n")
+    config = config_with(base_config, models=("efficientnet_lite0",), tls_cert=cert, tls_key=key)
+    refused = pytest.raises(OSError, match=r"TLS: --tls-cert .* are not a PEM certificate chain")
+    with refused, ServerThread(config):
+        pass
