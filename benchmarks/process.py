@@ -108,6 +108,16 @@ class ServerProcess:
                 return int(line.split()[1]) * 1024
         raise RuntimeError("VmRSS not found")
 
+    def wait(self, timeout: float) -> int:
+        """The server's exit code, once it has exited (subprocess.TimeoutExpired after
+        ``timeout`` seconds)."""
+        if self._process is None:
+            raise RuntimeError("the server is not started")
+        return self._process.wait(timeout=timeout)
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def _stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()

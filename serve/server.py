@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -56,9 +57,12 @@ class Server:
         self._core: InferenceCore | None = None
         self._control: ModelControl | None = None
         self._metrics: ServerMetrics | None = None
-        self._health_updates: set[asyncio.Future[None]] = set()
+        # Tasks started and not awaited (health updates, a forced stop): referenced until done.
+        self._background: set[asyncio.Future[None]] = set()
         self._health = health_aio.HealthServicer()
         self._stop_requested = asyncio.Event()
+        # A second stop request cut the grace period short.
+        self._forced = False
         # Ready from the moment every model is loaded and the port is bound, until shutdown.
         self._ready = False
 
@@ -123,8 +127,8 @@ class Server:
         status = statuses.SERVING if ready else statuses.NOT_SERVING
         # HealthServicer.set only records the status and tells watchers: a task, run in order.
         task = asyncio.ensure_future(self._health.set(MODEL_HEALTH_PREFIX + name, status))
-        self._health_updates.add(task)
-        task.add_done_callback(self._health_updates.discard)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
         """NOT_SERVING first (probes steer traffic away), then stop accepting and drain within the
@@ -146,7 +150,17 @@ class Server:
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
     def request_stop(self) -> None:
-        self._stop_requested.set()
+        """Starts the graceful stop; asked again while it drains (a second SIGINT or SIGTERM),
+        stops now: requests still running are cancelled."""
+        if not self._stop_requested.is_set():
+            self._stop_requested.set()
+            return
+        if self._grpc is not None and not self._forced:
+            self._forced = True
+            log.warning("stopping now: the requests still running are cancelled")
+            task = asyncio.ensure_future(self._grpc.stop(None))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def stop_requested(self) -> None:
         """Returns once ``request_stop()`` has been called (by a signal handler, say)."""
@@ -275,17 +289,25 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def run(config: ServerConfig) -> None:
-    """Serves until SIGINT or SIGTERM, then shuts down gracefully."""
+    """Serves until SIGINT or SIGTERM, then shuts down gracefully; a second signal during the
+    grace period stops it at once."""
 
     async def main() -> None:
         server = Server(config)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # Only the main thread receives signals: run() from another thread (embedding code)
+        # leaves the process's handlers alone and is stopped with request_stop().
+        signals = (
+            (signal.SIGINT, signal.SIGTERM)
+            if threading.current_thread() is threading.main_thread()
+            else ()
+        )
+        for sig in signals:
             loop.add_signal_handler(sig, server.request_stop)
         try:
             await server.serve()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
 
     asyncio.run(main())
