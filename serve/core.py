@@ -105,8 +105,8 @@ class InferenceCore:
         elif version:
             models = [self.model(name, version)]
         else:
-            models = [self.model(name), *self._table.versions(name).values()]
-            models = list({id(m): m for m in models}.values())
+            self.model(name)  # NOT_FOUND, with the reason, when nothing of it serves
+            models = list(self._table.versions(name).values())
         return [(model, model.batcher.statistics) for model in models]
 
 

@@ -12,8 +12,8 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -180,8 +180,10 @@ def check_entry(repository: Path, name: str, *, allow_python_factories: bool = F
         model_repository=repository, models=(name,), allow_python_factories=allow_python_factories
     )
     lines = []
-    for version in entry.selected:
-        served = load_version(entry, version, config, decode_pool=_NO_POOL)
+    # The pool decodes nothing here (no request runs); its threads start only when used.
+    with ThreadPoolExecutor(1) as pool:
+        served_versions = [load_version(entry, v, config, pool) for v in entry.selected]
+    for version, served in zip(entry.selected, served_versions, strict=True):
         signature = served.signature
         inputs = ", ".join(_describe(spec) for spec in signature.inputs)
         outputs = ", ".join(_describe(spec) for spec in signature.outputs)
@@ -190,16 +192,6 @@ def check_entry(repository: Path, name: str, *, allow_python_factories: bool = F
             f"inputs {inputs}; outputs {outputs}"
         )
     return "\n".join(lines)
-
-
-class _NoPool:
-    """check_entry runs no request, so decodes nothing."""
-
-    def submit(self, *args: object, **kwargs: object) -> None:
-        raise RuntimeError("no decoding here")
-
-
-_NO_POOL: Executor = _NoPool()  # type: ignore[assignment]
 
 
 def _describe(spec: TensorSpec) -> str:
@@ -266,6 +258,7 @@ def _batching(
     every model's batches smaller, never larger than the model takes. A model file that bounds
     its batch axis (``max_rows``) caps the defaults, and a config that asks for more is refused:
     its batches would fail at run time."""
+    server = config.batching(defaults.max_batch_size)  # the flags; the backend's size if none
     if signature.max_batch_size == 0:
         size = 1  # no batch axis: each request runs alone
     elif settings.max_batch_size:
@@ -278,13 +271,13 @@ def _batching(
             )
         size = min(settings.max_batch_size, config.max_batch_size or settings.max_batch_size)
     else:
-        size = config.max_batch_size or defaults.max_batch_size
-        size = min(size, max_rows or size)
+        size = min(server.max_batch_size, max_rows or server.max_batch_size)
     delay = settings.max_queue_delay if settings.dynamic_batching else 0.0
-    return BatchingConfig(
+    return replace(
+        server,
         max_batch_size=size,
-        max_queue_delay=delay or config.max_queue_delay_ms / 1000,
-        max_queue_size=settings.max_queue_size or config.max_queue_size,
+        max_queue_delay=delay or server.max_queue_delay,
+        max_queue_size=settings.max_queue_size or server.max_queue_size,
     )
 
 

@@ -136,7 +136,7 @@ class ServedModel:
 
     def labelled(self, output: str) -> ClassScores:
         """The labels of ``output``, for Triton's classification extension."""
-        scores = (self.fronts.labelled or {}).get(output)
+        scores = self.fronts.labelled.get(output)
         if scores is None:
             raise InvalidArgument(
                 f"output {shortened(output)} has no labels: classification needs an output "

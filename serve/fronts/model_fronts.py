@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 import numpy as np
@@ -45,7 +45,7 @@ class ModelFronts:
     # The output the tutorial and Classifier APIs rank: the model's one labelled output.
     scores: ClassScores | None = None
     # Every labelled output by its served name (Triton's classification extension).
-    labelled: Mapping[str, ClassScores] | None = None
+    labelled: Mapping[str, ClassScores] = field(default_factory=dict)
     # The model has no batch axis: the batcher sees every request as one row of its own.
     unbatched: bool = False
 

@@ -28,7 +28,7 @@ def effective_config(model: ServedModel) -> config_pb.ModelConfig:
     batching = signature.max_batch_size > 0
     # An image model takes its images or its tensor: either input alone.
     alternatives = model.image is not None
-    labels = {name: scores for name, scores in (model.fronts.labelled or {}).items()}
+    labels = model.fronts.labelled
     label_files = model.settings.label_files
     config.name = model.name
     config.platform = model.platform
