@@ -10,6 +10,7 @@ from pathlib import Path
 
 from serve.config import add_arguments, config_from_args
 from serve.errors import TorchgrpcError
+from serve.logs import configure_logging
 from serve.process_limits import raise_open_files_limit
 from serve.server import run
 from serve.workers import run_workers
@@ -20,15 +21,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m serve", description="Serve exported models over gRPC."
     )
     add_arguments(parser)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG shows one line per request")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         config = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    configure_logging(config.log_level, config.log_format)
     raise_open_files_limit()
     try:
         if config.workers > 1:

@@ -41,6 +41,8 @@ AUTOMATIC = 0
 # --metrics-port: 0 turns metrics off, this picks a free port (as --port 0 does).
 FREE_PORT = -1
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
 def _setting(
@@ -138,9 +140,81 @@ class ServerConfig:
     decode_threads: int = _setting(AUTOMATIC, "threads decoding images; 0 = one per core")
     tls_cert: Path | None = _setting(None, "PEM certificate chain: serve TLS", Path)
     tls_key: Path | None = _setting(None, "PEM private key for --tls-cert", Path)
+    tls_client_ca: Path | None = _setting(
+        None,
+        "PEM certificates of the CAs that sign client certificates: mutual TLS, a client "
+        "without a certificate signed by one of them is refused at the handshake (needs "
+        "--tls-cert)",
+        Path,
+    )
+    auth_token_file: Path | None = _setting(
+        None,
+        "file of accepted bearer tokens, one per line ('#' starts a comment); re-read on "
+        "SIGHUP. Every RPC but grpc.health.v1 then needs 'authorization: Bearer <token>' "
+        "metadata, or gets UNAUTHENTICATED",
+        Path,
+    )
+    max_concurrent_rpcs: int = _setting(
+        4096,
+        "most RPCs (streams included) served at once by the server; more get "
+        "RESOURCE_EXHAUSTED; 0 = unlimited",
+    )
+    max_streams_per_connection: int = _setting(
+        128,
+        "most RPCs open at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_"
+        "STREAMS): a gRPC client queues the rest, a raw HTTP/2 client is refused them",
+    )
+    default_deadline_seconds: float = _setting(
+        60.0,
+        "deadline of unary calls whose client set none (DEADLINE_EXCEEDED after it; streams "
+        "have none); 0 = none",
+    )
+    keepalive_seconds: float = _setting(
+        120.0,
+        "ping a client connection that has been quiet this long, and close it when the ping "
+        "goes unanswered for --keepalive-timeout-seconds: dead clients free their resources",
+    )
+    keepalive_timeout_seconds: float = _setting(20.0, "how long a keepalive ping may go unanswered")
+    min_client_ping_seconds: float = _setting(
+        10.0,
+        "clients may ping at most this often (while calls are open; never without one): a "
+        "client pinging faster is sent GOAWAY (too_many_pings) after two strikes",
+    )
+    max_connection_idle_seconds: float = _setting(
+        900.0, "close a client connection that has had no call open this long; 0 = never"
+    )
+    max_connection_age_seconds: float = _setting(
+        1800.0,
+        "ask a client to reconnect (GOAWAY) once its connection is this old, so long-lived "
+        "clients rebalance across replicas; calls open then may finish; 0 = never",
+    )
+    max_connection_age_grace_seconds: float = _setting(
+        300.0,
+        "how long calls open on a connection past --max-connection-age-seconds may go on "
+        "before it is closed; 0 = as long as they last",
+    )
     grace_seconds: float = _setting(5.0, "on shutdown, how long requests in flight may finish")
     ready_file: Path | None = _setting(None, "write the bound address here once serving", Path)
     workers: int = _setting(1, "server processes sharing the port (SO_REUSEPORT), for many cores")
+    log_level: str = _setting(
+        "INFO", f"one of {', '.join(LOG_LEVELS)}; DEBUG shows one line per request", str.upper
+    )
+    log_format: str = _setting(
+        "text", "text (for people) or json (one JSON object per line, for log collectors)"
+    )
+    access_log: bool = _setting(
+        False,
+        "log one line per RPC (logger serve.access): request id, API, method, model, status, "
+        "latency; the request id is the client's x-request-id metadata when given (and is "
+        "returned in the trailers), else one made up",
+        _boolean,
+    )
+    otlp_endpoint: str = _setting(
+        "",
+        "send OpenTelemetry traces (spans for each request and its decode, queue and compute "
+        "stages) to this OTLP/gRPC collector, http://host:4317 say; needs the 'tracing' extra "
+        "(pip install 'torchgrpc[tracing]'); empty: no tracing",
+    )
 
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -163,6 +237,30 @@ class ServerConfig:
             raise ValueError(f"port and metrics_port are both {self.port}: they must differ")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(
+                f"unknown log level {self.log_level!r} (known: {', '.join(LOG_LEVELS)})"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(
+                f"unknown log format {self.log_format!r} (known: {', '.join(LOG_FORMATS)})"
+            )
+        if self.max_streams_per_connection < 1:
+            raise ValueError("max_streams_per_connection must be positive")
+        for name in (
+            "max_concurrent_rpcs",
+            "default_deadline_seconds",
+            "max_connection_idle_seconds",
+            "max_connection_age_seconds",
+            "max_connection_age_grace_seconds",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = off)")
+        for name in ("keepalive_seconds", "keepalive_timeout_seconds", "min_client_ping_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive")
         for name in (
             "max_message_bytes",
             "max_pixels",

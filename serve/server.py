@@ -34,6 +34,7 @@ from serve.services.classifier import ClassifierService
 from serve.services.kserve import KServeService
 from serve.services.metering import metering
 from serve.services.reflection import enable_reflection
+from serve.services.request_log import request_log_interceptors
 from serve.services.tutorial import TutorialService
 
 __all__ = ["MODEL_HEALTH_PREFIX", "Server", "run", "write_atomically"]
@@ -86,7 +87,11 @@ class Server:
             await self._listen_for_metrics(ServerMetrics(self._control.table, self.is_ready))
         await self._control.start()
         self._core = InferenceCore(self._control.table)
-        self._grpc = grpc.aio.server(options=self._grpc_options())
+        self._grpc = grpc.aio.server(
+            options=self._grpc_options(),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None,
+            interceptors=request_log_interceptors(self.config),
+        )
         services: list[WireService] = [
             TutorialService(self._core),
             ClassifierService(self._core),
@@ -188,12 +193,30 @@ class Server:
         await self.stop()
 
     def _grpc_options(self) -> list[tuple[str, int]]:
-        return [
-            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+        config = self.config
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
             # gRPC enables SO_REUSEPORT by default, which lets a second server start on a port
             # already in use and silently take half the traffic: only --workers shares a port.
-            ("grpc.so_reuseport", int(self.config.workers > 1)),
+            ("grpc.so_reuseport", int(config.workers > 1)),
+            ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+            ("grpc.keepalive_time_ms", _ms(config.keepalive_seconds)),
+            ("grpc.keepalive_timeout_ms", _ms(config.keepalive_timeout_seconds)),
+            # Pings a client may send: not without a call open, at most one per interval; the
+            # third too early (two strikes) is answered with GOAWAY too_many_pings.
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(config.min_client_ping_seconds)),
+            ("grpc.http2.max_ping_strikes", 2),
         ]
+        # gRPC's own default for each of these is "never".
+        for option, seconds in (
+            ("grpc.max_connection_idle_ms", config.max_connection_idle_seconds),
+            ("grpc.max_connection_age_ms", config.max_connection_age_seconds),
+            ("grpc.max_connection_age_grace_ms", config.max_connection_age_grace_seconds),
+        ):
+            if seconds:
+                options.append((option, _ms(seconds)))
+        return options
 
     def _bind(self, server: grpc.aio.Server) -> None:
         credentials = self._credentials()
@@ -246,6 +269,10 @@ class Server:
                     }
                 ),
             )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _hosts(config: ServerConfig) -> list[str]:
