@@ -33,6 +33,7 @@ from serve.services import WireService
 from serve.services.classifier import ClassifierService
 from serve.services.kserve import KServeService
 from serve.services.metering import metering
+from serve.services.mounting import WireLimits, transport_message_bytes
 from serve.services.reflection import enable_reflection
 from serve.services.request_log import request_log_interceptors
 from serve.services.tutorial import TutorialService
@@ -97,8 +98,9 @@ class Server:
             ClassifierService(self._core),
             KServeService(self._core, self._control, self.is_ready),
         ]
+        limits = WireLimits(self.config.max_message_bytes, self.config.default_deadline_seconds)
         for service in services:
-            service.register(self._grpc)
+            service.register(self._grpc, limits)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         names = [s.SERVICE_NAME for s in services]
         enable_reflection(
@@ -195,7 +197,7 @@ class Server:
     def _grpc_options(self) -> list[tuple[str, int]]:
         config = self.config
         options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_receive_message_length", transport_message_bytes(config.max_message_bytes)),
             # gRPC enables SO_REUSEPORT by default, which lets a second server start on a port
             # already in use and silently take half the traffic: only --workers shares a port.
             ("grpc.so_reuseport", int(config.workers > 1)),

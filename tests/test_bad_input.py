@@ -84,7 +84,7 @@ def test_over_the_message_limit_is_resource_exhausted(stub: pb_grpc.ClassifierSt
     with pytest.raises(grpc.RpcError) as failure:
         stub.Classify(pb.ClassifyRequest(images=[too_big]), timeout=60)
     assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "larger than max" in failure.value.details()
+    assert "--max-message-bytes" in failure.value.details()
 
 
 @pytest.mark.parametrize("mode", ["L", "I;16", "CMYK", "P", "RGBA", "LA", "1"])

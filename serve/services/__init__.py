@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import grpc
+
+if TYPE_CHECKING:
+    from serve.services.mounting import WireLimits
 
 __all__ = ["WireService"]
 
@@ -14,4 +17,4 @@ class WireService(Protocol):
 
     SERVICE_NAME: ClassVar[str]
 
-    def register(self, server: grpc.aio.Server) -> None: ...
+    def register(self, server: grpc.aio.Server, limits: WireLimits) -> None: ...

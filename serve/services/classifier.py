@@ -12,9 +12,9 @@ from serve.fronts.classification import Label
 from serve.models import ModelInfo
 from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
 from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
+from serve.services.mounting import WireLimits, mount
 from serve.services.status import Context, call_of, rpc_errors, status_of
 from serve.services.streaming import serve_stream
-from serve.services.undecodable import register
 
 __all__ = ["ClassifierService"]
 
@@ -25,8 +25,8 @@ class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
     def __init__(self, core: InferenceCore) -> None:
         self._core = core
 
-    def register(self, server: grpc.aio.Server) -> None:
-        register(pb_grpc.add_ClassifierServicer_to_server, self, server)
+    def register(self, server: grpc.aio.Server, limits: WireLimits) -> None:
+        mount(pb_grpc.add_ClassifierServicer_to_server, self, server, limits)
 
     @rpc_errors
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:
@@ -43,20 +43,14 @@ class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
         context: Context,
     ) -> None:
         """Classifies items concurrently and writes each result as soon as it is done."""
-        await serve_stream(requests, context, self._classify_item, ordered=False)
+        await serve_stream(requests, context, self._classify_item, _failed_item, ordered=False)
 
     async def _classify_item(
         self, item: pb.ClassifyStreamRequest, call: Call
     ) -> pb.ClassifyStreamResponse:
-        try:
-            _, results = await self._core.classify(
-                [item.image], top_k=item.top_k, model=item.model, call=call
-            )
-        except Exception as error:
-            code, message = status_of(error)
-            return pb.ClassifyStreamResponse(
-                id=item.id, error=pb.Error(code=code.value[0], message=message)
-            )
+        _, results = await self._core.classify(
+            [item.image], top_k=item.top_k, model=item.model, call=call
+        )
         return pb.ClassifyStreamResponse(id=item.id, classification=_classification(results[0]))
 
     @rpc_errors
@@ -67,6 +61,13 @@ class ClassifierService(pb_grpc.ClassifierServicer):  # type: ignore[misc]
             models=[_model_info(info) for info in self._core.models],
             default_model=self._core.default_model,
         )
+
+
+def _failed_item(item: pb.ClassifyStreamRequest, error: Exception) -> pb.ClassifyStreamResponse:
+    code, message = status_of(error)
+    return pb.ClassifyStreamResponse(
+        id=item.id, error=pb.Error(code=code.value[0], message=message)
+    )
 
 
 def _classification(labels: Sequence[Label]) -> pb.Classification:

@@ -21,9 +21,9 @@ from serve.pb.kserve import grpc_service_pb2 as pb
 from serve.pb.kserve import grpc_service_pb2_grpc as pb_grpc
 from serve.services.kserve_config import effective_config
 from serve.services.kserve_tensors import decode_request, encode_response
+from serve.services.mounting import WireLimits, mount
 from serve.services.status import Context, call_of, rpc_errors, status_of
 from serve.services.streaming import serve_stream
-from serve.services.undecodable import register
 from serve.statistics import Duration, InferenceStatistics
 from serve.tensors import TensorSpec
 
@@ -53,8 +53,8 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         self._control = control
         self._is_ready = is_ready
 
-    def register(self, server: grpc.aio.Server) -> None:
-        register(pb_grpc.add_GRPCInferenceServiceServicer_to_server, self, server)
+    def register(self, server: grpc.aio.Server, limits: WireLimits) -> None:
+        mount(pb_grpc.add_GRPCInferenceServiceServicer_to_server, self, server, limits)
 
     @rpc_errors
     async def ServerLive(
@@ -112,37 +112,22 @@ class KServeService(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         ``triton_grpc_error: true``: then the first failure ends the stream with its status."""
         metadata = dict(context.invocation_metadata() or ())
         if metadata.get(GRPC_ERROR_HEADER, "").lower() != "true":
-            await serve_stream(requests, context, self._stream_answer, ordered=True)
+            await serve_stream(requests, context, self._stream_answer, _failed_answer, ordered=True)
             return
         try:
-            await serve_stream(requests, context, self._stream_answer_or_raise, ordered=True)
+            await serve_stream(requests, context, self._stream_answer, _raise, ordered=True)
         except Exception as error:
             code, details = status_of(_first(error))
         else:
             return
         await context.abort(code, details)
 
-    async def _stream_answer_or_raise(
+    async def _stream_answer(
         self, request: pb.ModelInferRequest, call: Call
     ) -> pb.ModelStreamInferResponse:
         response = await self._core.infer(decode_request(request), call)
         raw = bool(request.raw_input_contents)
         return pb.ModelStreamInferResponse(infer_response=encode_response(response, raw=raw))
-
-    async def _stream_answer(
-        self, request: pb.ModelInferRequest, call: Call
-    ) -> pb.ModelStreamInferResponse:
-        try:
-            return await self._stream_answer_or_raise(request, call)
-        except Exception as error:
-            _, message = status_of(error)
-            return pb.ModelStreamInferResponse(
-                error_message=message,
-                infer_response=pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version,
-                    id=request.id,
-                ),
-            )  # fmt: skip
 
     @rpc_errors
     async def ModelConfig(
@@ -226,6 +211,21 @@ def _check_repository(name: str) -> None:
             f"repository {shortened(name)}: this server has one model repository; send "
             "repository_name empty"
         )
+
+
+def _failed_answer(request: pb.ModelInferRequest, error: Exception) -> pb.ModelStreamInferResponse:
+    _, message = status_of(error)
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
+def _raise(request: pb.ModelInferRequest, error: Exception) -> pb.ModelStreamInferResponse:
+    """Triton's opt-in (``triton_grpc_error``): the first failure ends the stream."""
+    raise error
 
 
 def _first(error: BaseException) -> Exception:

@@ -6,6 +6,7 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
@@ -20,6 +21,7 @@ __all__ = [
     "cancelled_status",
     "code_of",
     "deadline_of",
+    "default_deadline",
     "rpc_errors",
     "status_of",
 ]
@@ -28,6 +30,9 @@ log = logging.getLogger(__name__)
 
 # Our handlers never reach the request/response types through the context.
 Context = grpc.aio.ServicerContext[Any, Any]
+# The deadline the server gave a call whose client set none (``serve.services.mounting``), set in
+# that call's own context.
+default_deadline: ContextVar[float | None] = ContextVar("torchgrpc_default_deadline", default=None)
 Service = TypeVar("Service")
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -51,9 +56,9 @@ def code_of(error: BaseException) -> grpc.StatusCode:
 
 
 def cancelled_status(context: Context) -> grpc.StatusCode:
-    """Why gRPC cancelled a call's handler: its deadline passed, or its client gave up."""
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    """Why a call's handler was cancelled: its deadline passed, or its client gave up."""
+    deadline = deadline_of(context)
+    if deadline is not None and time.monotonic() >= deadline:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
@@ -85,9 +90,10 @@ def rpc_errors(
 
 
 def deadline_of(context: Context) -> float | None:
-    """The client's deadline on the ``time.monotonic()`` clock, or None when it set none."""
+    """The call's deadline on the ``time.monotonic()`` clock: the client's, else the server's
+    default for the call (``default_deadline``), else None."""
     remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
+    return default_deadline.get() if remaining is None else time.monotonic() + remaining
 
 
 def call_of(context: Context) -> Call:

@@ -1,11 +1,13 @@
 """Bidirectional streams with backpressure both ways, shared by every streaming API.
 
-Items are answered concurrently. Reading stops while the model's queue is full (an item is read
-only once the one before it holds its place in the queue), so HTTP/2 flow control slows a fast
-client down instead of its items failing. A slot of the stream's window is freed only once its
-answer has been written, so a client that doesn't read its answers holds at most
-``STREAM_WINDOW`` of them in the server. Answers are written in the items' order (``ordered``,
-as Triton's streams do) or each as soon as it is ready.
+Items are answered concurrently, each by ``answer``; an item that fails (or was refused before
+it could be answered: too large, say) is answered by ``failure``, and the stream goes on.
+Reading stops while the model's queue is full (an item is read only once the one before it holds
+its place in the queue), so HTTP/2 flow control slows a fast client down instead of its items
+failing. A slot of the stream's window is freed only once its answer has been written, so a
+client that doesn't read its answers holds at most ``STREAM_WINDOW`` of them in the server.
+Answers are written in the items' order (``ordered``, as Triton's streams do) or each as soon as
+it is ready.
 """
 
 from __future__ import annotations
@@ -14,15 +16,16 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from serve.batching import Call
+from serve.errors import TorchgrpcError
 from serve.services.metering import item_context, metered, noted_failure
 from serve.services.status import Context, cancelled_status, code_of, deadline_of
 
-__all__ = ["STREAM_WINDOW", "serve_stream"]
+__all__ = ["STREAM_WINDOW", "Refused", "serve_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +35,35 @@ Item = TypeVar("Item")
 Answer = TypeVar("Answer")
 
 
+class Refused:
+    """An item (or a unary call's request) refused before its handler sees it: ``message`` holds
+    what identifies it (its payload dropped), or None."""
+
+    def __init__(self, message: Any, error: TorchgrpcError) -> None:
+        self.message = message
+        self.error = error
+
+
 async def serve_stream(
-    items: AsyncIterator[Item],
+    items: AsyncIterator[Item | Refused],
     context: Context,
     answer: Callable[[Item, Call], Coroutine[object, object, Answer]],
+    failure: Callable[[Item, Exception], Answer],
     *,
     ordered: bool,
 ) -> None:
-    """Answers every item of ``items`` with ``answer``. An item's failure should be reported in
-    its answer: an exception from ``answer`` ends the stream, and reaches the caller."""
+    """Answers every item of ``items`` with ``answer``, or with ``failure`` when that raises (or
+    the item was refused). An exception from ``failure`` ends the stream, and reaches the
+    caller."""
+
+    async def answered(item: Item, refusal: TorchgrpcError | None, call: Call) -> Answer:
+        try:
+            if refusal is not None:
+                raise refusal
+            return await answer(item, call)
+        except Exception as error:
+            return failure(item, error)
+
     window = asyncio.Semaphore(STREAM_WINDOW)
     # Ordered: each item's task, queued as it is read. Unordered: each task, once it is done.
     answers: asyncio.Queue[asyncio.Task[Answer] | None] = asyncio.Queue()
@@ -56,7 +79,10 @@ async def serve_stream(
                 await window.acquire()
                 admitted = asyncio.Event()
                 call = Call(deadline, wait_for_room=True, admitted=admitted)
-                task = _start(answer(item, call), item, context)
+                if isinstance(item, Refused):
+                    task = _start(answered(item.message, item.error, call), item.message, context)
+                else:
+                    task = _start(answered(item, None, call), item, context)
                 running.add(task)
                 task.add_done_callback(running.discard)
                 if ordered:

@@ -6,8 +6,8 @@ import grpc
 
 from serve.core import InferenceCore
 from serve.pb import inference_pb2, inference_pb2_grpc
+from serve.services.mounting import WireLimits, mount
 from serve.services.status import Context, call_of, rpc_errors
-from serve.services.undecodable import register
 
 __all__ = ["TutorialService"]
 
@@ -18,8 +18,8 @@ class TutorialService(inference_pb2_grpc.InferenceServerServicer):  # type: igno
     def __init__(self, core: InferenceCore) -> None:
         self._core = core
 
-    def register(self, server: grpc.aio.Server) -> None:
-        register(inference_pb2_grpc.add_InferenceServerServicer_to_server, self, server)
+    def register(self, server: grpc.aio.Server, limits: WireLimits) -> None:
+        mount(inference_pb2_grpc.add_InferenceServerServicer_to_server, self, server, limits)
 
     @rpc_errors
     async def inference(
