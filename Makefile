@@ -21,6 +21,7 @@ help:
 	@echo "make ab BASE=rev [ARGS=...]  this checkout's server against revision rev's, in alternating rounds"
 	@echo "make test                    lint, type-check and the whole test suite"
 	@echo "make protos                  regenerate serve/pb/ from protos/"
+	@echo "make docs                    regenerate docs/configuration.md from serve/config.py"
 
 # The virtual environment, rebuilt when the dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -50,6 +51,12 @@ compare: venv artifacts/$(MODEL)/config.pbtxt
 
 protos: venv
 	$(PY) protos/generate.py
+
+# docs/configuration.md, from the settings' definition (tests/test_configuration.py fails when it
+# is stale). Phony: the docs/ folder exists.
+.PHONY: docs
+docs: venv
+	$(PY) -m serve.config_docs
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,23 +1,27 @@
 """Every setting the server has, defined once: typed, validated, with its --help line.
 
-The command line is derived from ``ServerConfig``'s fields (see ``add_arguments``), so a setting is
-never retyped in a second place.
+Everything else is derived from ``ServerConfig``'s fields (see ``serve.config_sources``): the
+command line (``add_arguments``), the ``TORCHGRPC_<SETTING>`` environment variables, the keys of the
+TOML file, ``python -m serve --print-config`` and docs/configuration.md (``make docs``), so a
+setting is never retyped in a second place. Precedence, lowest first: defaults, TOML file,
+environment, flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from export.catalog import DEFAULT_MODEL
+from serve import config_sources
 from serve.backend_choice import AUTO
 from serve.backends import BACKENDS
 from serve.batching import BatchingConfig
+from serve.config_sources import ConfigError, Loaded
+from serve.config_sources import setting as _setting
 from serve.imaging import (
     DEFAULT_FORMATS,
     DEFAULT_MAX_PIXELS,
@@ -32,6 +36,7 @@ __all__ = [
     "ServerConfig",
     "add_arguments",
     "config_from_args",
+    "load_config",
 ]
 
 DEFAULT_ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -43,15 +48,6 @@ FREE_PORT = -1
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
-
-
-def _setting(
-    default: Any,
-    help: str,
-    parse: Callable[[str], Any] | None = None,
-    flags: tuple[str, ...] = (),
-) -> Any:
-    return field(default=default, metadata={"help": help, "parse": parse, "flags": flags})
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -68,7 +64,7 @@ def _boolean(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"expected true or false, not {text!r}")
+    raise ValueError("expected true or false (or yes/no, on/off, 1/0)")
 
 
 @dataclass(frozen=True)
@@ -217,38 +213,60 @@ class ServerConfig:
     )
 
     def __post_init__(self) -> None:
+        # Each error names the settings it is about, so that the loader can say where their
+        # values came from.
         if self.model_control not in MODEL_CONTROL_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown model control {self.model_control!r} "
-                f"(known: {', '.join(MODEL_CONTROL_MODES)})"
+                f"(known: {', '.join(MODEL_CONTROL_MODES)})",
+                "model_control",
             )
         if self.model_control == "explicit" and self.workers > 1:
             # Each worker process has its own models; a load request reaches only one of them.
-            raise ValueError("--model-control explicit needs --workers 1")
+            raise ConfigError(
+                "--model-control explicit needs --workers 1", "model_control", "workers"
+            )
         if not self.repository_poll_seconds > 0:
-            raise ValueError("repository_poll_seconds must be positive")
+            raise ConfigError("repository_poll_seconds must be positive", "repository_poll_seconds")
         if self.backend != AUTO and self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})")
+            raise ConfigError(
+                f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})", "backend"
+            )
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} is out of range")
+            raise ConfigError(f"port {self.port} is out of range", "port")
         if not FREE_PORT <= self.metrics_port <= 65536 - self.workers:
-            raise ValueError(f"metrics_port {self.metrics_port} is out of range")
+            raise ConfigError(
+                f"metrics_port {self.metrics_port} is out of range", "metrics_port", "workers"
+            )
         if self.metrics_port > 0 and self.port == self.metrics_port:
-            raise ValueError(f"port and metrics_port are both {self.port}: they must differ")
+            raise ConfigError(
+                f"port and metrics_port are both {self.port}: they must differ",
+                "port",
+                "metrics_port",
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("--tls-cert and --tls-key go together")
+            raise ConfigError("--tls-cert and --tls-key go together", "tls_cert", "tls_key")
         if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+            raise ConfigError(
+                "--tls-client-ca needs --tls-cert and --tls-key",
+                "tls_client_ca",
+                "tls_cert",
+                "tls_key",
+            )
         if self.log_level not in LOG_LEVELS:
-            raise ValueError(
-                f"unknown log level {self.log_level!r} (known: {', '.join(LOG_LEVELS)})"
+            raise ConfigError(
+                f"unknown log level {self.log_level!r} (known: {', '.join(LOG_LEVELS)})",
+                "log_level",
             )
         if self.log_format not in LOG_FORMATS:
-            raise ValueError(
-                f"unknown log format {self.log_format!r} (known: {', '.join(LOG_FORMATS)})"
+            raise ConfigError(
+                f"unknown log format {self.log_format!r} (known: {', '.join(LOG_FORMATS)})",
+                "log_format",
             )
         if self.max_streams_per_connection < 1:
-            raise ValueError("max_streams_per_connection must be positive")
+            raise ConfigError(
+                "max_streams_per_connection must be positive", "max_streams_per_connection"
+            )
         for name in (
             "max_concurrent_rpcs",
             "default_deadline_seconds",
@@ -257,10 +275,10 @@ class ServerConfig:
             "max_connection_age_grace_seconds",
         ):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = off)")
+                raise ConfigError(f"{name} must be >= 0 (0 = off)", name)
         for name in ("keepalive_seconds", "keepalive_timeout_seconds", "min_client_ping_seconds"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive")
+                raise ConfigError(f"{name} must be positive", name)
         for name in (
             "max_message_bytes",
             "max_pixels",
@@ -269,12 +287,20 @@ class ServerConfig:
             "workers",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+                raise ConfigError(f"{name} must be positive", name)
         for name in ("instances", "threads", "decode_threads", "max_batch_size"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 = automatic)")
-        self.image_limits  # noqa: B018  (validates the formats and pixel cap now, not at the first request)
-        self.batching(default_max_batch_size=1)
+                raise ConfigError(f"{name} must be >= 0 (0 = automatic)", name)
+        # The image limits and the batcher check their own settings: now, not at the first
+        # request.
+        try:
+            self.image_limits  # noqa: B018
+        except ValueError as error:
+            raise ConfigError(str(error), "formats", "max_pixels", "max_request_pixels") from None
+        try:
+            self.batching(default_max_batch_size=1)
+        except ValueError as error:
+            raise ConfigError(str(error), "max_queue_delay_ms", "max_queue_size") from None
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -303,25 +329,22 @@ class ServerConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--option`` per ServerConfig field, typed and documented from the field itself."""
-    for setting in dataclasses.fields(ServerConfig):
-        default = setting.default
-        parse = setting.metadata["parse"] or type(default)
-        shown = ",".join(sorted(default)) if isinstance(default, frozenset | tuple) else default
-        flags = setting.metadata["flags"] or ("--" + setting.name.replace("_", "-"),)
-        # A switch may be given alone (``--allow-python-factories``) or with a value.
-        switch: dict[str, Any] = {"nargs": "?", "const": True} if isinstance(default, bool) else {}
-        parser.add_argument(
-            *flags,
-            dest=setting.name,
-            type=parse,
-            default=argparse.SUPPRESS,
-            help=f"{setting.metadata['help']} (default: {shown})",
-            **switch,
-        )
+    """One ``--option`` per ServerConfig field, documented from the field itself, and --config."""
+    config_sources.add_arguments(parser, ServerConfig)
 
 
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    fields = dataclasses.fields(ServerConfig)
-    given = {f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}
-    return ServerConfig(**given)
+def load_config(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Loaded[ServerConfig]:
+    """The config of ``args`` (parsed by a parser given ``add_arguments``), over ``environ``'s
+    TORCHGRPC_* variables (none when omitted) and the TOML file, with each value's source.
+
+    Raises ``ConfigError``: one line naming the setting at fault and where its value came from.
+    """
+    return config_sources.load(ServerConfig, args, environ or {})
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    return load_config(args, environ).config
