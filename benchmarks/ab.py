@@ -9,6 +9,7 @@ each round and the medians.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import subprocess
 import tempfile
@@ -19,6 +20,8 @@ from pathlib import Path
 from benchmarks.bench import measure
 from benchmarks.process import ServerProcess
 from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
+from serve.auth import read_tokens
+from serve.client.channels import ChannelSecurity
 from serve.config import DEFAULT_ARTIFACTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +54,19 @@ def main(argv: list[str] | None = None) -> int:
         help="the base revision's model folder, where its layout differs from this checkout's "
         "(export it with the base revision's exporter); default: --artifacts",
     )
+    parser.add_argument(
+        "--args",
+        default="",
+        help="more options for this checkout's server, e.g. '--auth-token-file /tmp/t.txt' "
+        "(the same revision as --base then measures what the options cost)",
+    )
+    parser.add_argument("--base-args", default="", help="more options for the base's server")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="send the file's first token to both servers (a server without auth ignores it, "
+        "so both clients do the same work)",
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -58,17 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     image = (SAMPLE_IMAGES / "cat.jpg").read_bytes()
     arguments = ["--model", args.model, "--backend", args.backend]
     base_artifacts = (args.base_artifacts or args.artifacts).resolve()
+    base_arguments = [*arguments, "--artifacts", str(base_artifacts), *shlex.split(args.base_args)]
+    this_arguments = [*arguments, "--artifacts", str(args.artifacts.resolve()),
+                      *shlex.split(args.args)]  # fmt: skip
+    security = ChannelSecurity(
+        token=None if args.token_file is None else read_tokens(args.token_file)[0]
+    )
     results: dict[str, list[tuple[float, float]]] = {args.base: [], "this checkout": []}
     with (
         worktree(args.base) as base_tree,
-        ServerProcess([*arguments, "--artifacts", str(base_artifacts)], cwd=base_tree) as base,
-        ServerProcess([*arguments, "--artifacts", str(args.artifacts.resolve())], cwd=ROOT) as this,
+        ServerProcess(base_arguments, cwd=base_tree) as base,
+        ServerProcess(this_arguments, cwd=ROOT) as this,
     ):
         servers = {args.base: base, "this checkout": this}
         for round_number in range(1, args.rounds + 1):
             for name, server in servers.items():
                 result = measure(server.address, "tutorial", [image], args.concurrency,
-                                 duration=args.seconds)  # fmt: skip
+                                 duration=args.seconds, security=security)  # fmt: skip
                 figures = (result.images_per_second, result.percentile_ms(50))
                 results[name].append(figures)
                 print(f"round {round_number}  {name:>14}: {figures[0]:7.1f} img/s  "

@@ -4,6 +4,8 @@ Drives a running server (`--server HOST:PORT`) or one it starts itself (`--start
 `--backend` and `--workers`) through the tutorial API, the Classifier API or KServe v2's ModelInfer:
 `--api kserve` sends the encoded images as a BYTES tensor, `--api kserve-fp32` the pre-processed
 FP32 tensor (the server decodes nothing), both in raw form as tritonclient sends them.
+A secured server is driven with the client's options: `--tls-ca`, `--tls-cert/--tls-key`,
+`--token` or `--token-file`.
 `--in-process` measures the ceiling instead: the same decode + pre-process + model work with no
 RPC. `--sweep 1,4,16,64` runs several concurrencies and writes latency-against-throughput as a PNG
 and the CSV behind it.
@@ -31,6 +33,13 @@ from benchmarks.loadgen import LoadResult, SendOne, closed_loop
 from benchmarks.process import ServerProcess
 from export.catalog import DEFAULT_MODEL, SAMPLE_IMAGES
 from serve.backends import BACKENDS
+from serve.client.channels import (
+    PLAINTEXT,
+    ChannelSecurity,
+    add_security_arguments,
+    open_aio_channel,
+    security_from_args,
+)
 from serve.config import DEFAULT_ARTIFACTS
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.pb.kserve import grpc_service_pb2 as kserve_pb2
@@ -159,10 +168,11 @@ async def run_load(
     model: str = "",
     progress: bool = True,
     warm_up: float | None = None,
+    security: ChannelSecurity = PLAINTEXT,
 ) -> LoadResult:
     """One closed-loop run against ``address``, after a warm-up at the same concurrency of
     ``warm_up`` seconds (default ``WARM_UP_SECONDS``)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_aio_channel(address, security) as channel:
         send = sender(api, channel, images, model)
         # Warm up at the measured concurrency: the first batches of each size allocate the
         # model's memory arenas, and that one-off cost is not the server's steady state.
@@ -186,11 +196,12 @@ def measure(
     requests: int | None = None,
     duration: float | None = None,
     warm_up: float | None = None,
+    security: ChannelSecurity = PLAINTEXT,
 ) -> LoadResult:
     """``run_load`` from synchronous code, with no progress bar: for scripts that take figures."""
     return asyncio.run(
         run_load(address, api, images, concurrency, requests=requests, duration=duration,
-                 progress=False, warm_up=warm_up)
+                 progress=False, warm_up=warm_up, security=security)
     )  # fmt: skip
 
 
@@ -278,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", help="comma-separated concurrencies, e.g. 1,4,16,64")
     parser.add_argument("--out", type=Path, help="folder for the sweep's CSV and PNG")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
+    add_security_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        security = security_from_args(args)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     image = args.image.read_bytes()
     if args.in_process:
         _print(_in_process(args, image), args.json)
@@ -293,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(run_load(
                 address, args.api, [image] * args.images_per_request, concurrency,
                 requests=args.requests, duration=duration, model="" if args.api == "tutorial"
-                else args.model, progress=not args.json,
+                else args.model, progress=not args.json, security=security,
             ))  # fmt: skip
             runs.append({"api": args.api, **result.summary()})
             _print(runs[-1], args.json)

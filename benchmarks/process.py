@@ -115,6 +115,10 @@ class ServerProcess:
             raise RuntimeError("the server is not started")
         return self._process.wait(timeout=timeout)
 
+    def output(self) -> str:
+        """What the server has written so far (its stdout and stderr)."""
+        return self._log.read_text(errors="replace")
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -21,6 +21,7 @@ __all__ = [
     "ResourceExhausted",
     "ServerUnavailable",
     "TorchgrpcError",
+    "Unauthenticated",
     "error_from_status",
     "shortened",
 ]
@@ -91,6 +92,12 @@ class DeadlineExpired(TorchgrpcError):
     status_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unauthenticated(TorchgrpcError):
+    """The call carries no token, or one the server doesn't accept (``--auth-token-file``)."""
+
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class BatchError(TorchgrpcError):
     """The model failed on a batch; every request in it gets this, the server goes on."""
 
@@ -110,6 +117,7 @@ _BY_STATUS: dict[grpc.StatusCode, type[TorchgrpcError]] = {
         ResourceExhausted,
         ServerUnavailable,
         DeadlineExpired,
+        Unauthenticated,
     )
 }
 

@@ -17,14 +17,17 @@ import signal
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serve.auth import TokenAuth
 from serve.config import FREE_PORT, LOOPBACK, ServerConfig
 from serve.core import InferenceCore
 from serve.metrics import ServerMetrics
@@ -59,6 +62,8 @@ class Server:
         self._core: InferenceCore | None = None
         self._control: ModelControl | None = None
         self._metrics: ServerMetrics | None = None
+        # The accepted bearer tokens (--auth-token-file), from start(); None: no token needed.
+        self._auth: TokenAuth | None = None
         # Tasks started and not awaited (health updates, a forced stop): referenced until done.
         self._background: set[asyncio.Future[None]] = set()
         self._health = health_aio.HealthServicer()
@@ -83,6 +88,10 @@ class Server:
     async def start(self) -> None:
         """Opens the metrics listener (live, not ready), loads the start-up models (off the loop),
         binds, and reports SERVING once requests can run."""
+        # The security files are read first: a wrong one fails in a moment, not after the models.
+        credentials = self._credentials()
+        if self.config.auth_token_file is not None:
+            self._auth = TokenAuth(self.config.auth_token_file)
         self._control = ModelControl(self.config, self._decode_pool, self._model_health)
         if self.config.metrics_port:
             await self._listen_for_metrics(ServerMetrics(self._control.table, self.is_ready))
@@ -91,7 +100,7 @@ class Server:
         self._grpc = grpc.aio.server(
             options=self._grpc_options(),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None,
-            interceptors=request_log_interceptors(self.config),
+            interceptors=[*request_log_interceptors(self.config), *self._auth_interceptors()],
         )
         services: list[WireService] = [
             TutorialService(self._core),
@@ -106,7 +115,7 @@ class Server:
         enable_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self._grpc
         )
-        self._bind(self._grpc)
+        self._bind(self._grpc, credentials)
         if self._metrics is None:
             await self._grpc.start()
         else:
@@ -121,6 +130,17 @@ class Server:
 
     def is_ready(self) -> bool:
         return self._ready
+
+    def _auth_interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        # After the request log's (outermost): a refused call is logged like any other. None at
+        # all without a token file: an interceptor costs every RPC a coroutine.
+        return [] if self._auth is None else [self._auth]
+
+    def reload_tokens(self) -> None:
+        """Re-reads --auth-token-file (SIGHUP); a file that can't be used keeps the tokens in use.
+        Before start() it does nothing: start() reads the file as it is then."""
+        if self._auth is not None:
+            self._auth.reload()
 
     async def _listen_for_metrics(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
@@ -220,8 +240,7 @@ class Server:
                 options.append((option, _ms(seconds)))
         return options
 
-    def _bind(self, server: grpc.aio.Server) -> None:
-        credentials = self._credentials()
+    def _bind(self, server: grpc.aio.Server, credentials: grpc.ServerCredentials | None) -> None:
         port = self.config.port
         for index, host in enumerate(_hosts(self.config)):
             address = f"{_bracketed(host)}:{port}"
@@ -241,11 +260,19 @@ class Server:
             self.addresses.append(f"{_bracketed(host)}:{bound}")
 
     def _credentials(self) -> grpc.ServerCredentials | None:
-        cert, key = self.config.tls_cert, self.config.tls_key
+        cert, key, client_ca = self.config.tls_cert, self.config.tls_key, self.config.tls_client_ca
         if cert is None or key is None:
             return None
         _check_key_pair(cert, key)
-        return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+        pairs = [(key.read_bytes(), cert.read_bytes())]
+        if client_ca is None:
+            return grpc.ssl_server_credentials(pairs)
+        _check_client_ca(client_ca)
+        # Mutual TLS: a client without a certificate signed by one of these CAs fails the
+        # handshake, before any RPC.
+        return grpc.ssl_server_credentials(
+            pairs, root_certificates=client_ca.read_bytes(), require_client_auth=True
+        )
 
     def _announce(self) -> None:
         models = ", ".join(f"{m.name} ({m.backend})" for m in self.core.models) or "no model"
@@ -253,12 +280,9 @@ class Server:
         if self.metrics_addresses:
             urls = ", ".join(f"http://{address}/metrics" for address in self.metrics_addresses)
             log.info("metrics on %s", urls)
-        if not self.config.is_loopback and self.config.tls_cert is None:
-            log.warning(
-                "listening on %s without TLS or authentication: anyone who can reach it can use "
-                "this server (pass --tls-cert/--tls-key, or keep the default loopback host)",
-                self.config.host,
-            )
+        exposure = _exposure(self.config)
+        if exposure:
+            log.warning("listening on %s %s", self.config.host, exposure)
         if self.config.ready_file is not None:
             write_atomically(
                 self.config.ready_file,
@@ -271,6 +295,30 @@ class Server:
                     }
                 ),
             )
+
+
+def _exposure(config: ServerConfig) -> str:
+    """What a server reachable beyond this machine lacks, said in a warning; "" when nothing."""
+    if config.is_loopback:
+        return ""
+    authenticated = config.auth_token_file is not None or config.tls_client_ca is not None
+    if config.tls_cert is None and not authenticated:
+        return (
+            "without TLS or authentication: anyone who can reach it can use this server (pass "
+            "--tls-cert/--tls-key and --auth-token-file or --tls-client-ca, or keep the default "
+            "loopback host)"
+        )
+    if config.tls_cert is None:
+        return (
+            "without TLS: the bearer tokens cross the network in clear text, for anyone on the "
+            "way to read and reuse (pass --tls-cert/--tls-key)"
+        )
+    if not authenticated:
+        return (
+            "without authentication: anyone who can reach it can use this server (pass "
+            "--auth-token-file or --tls-client-ca)"
+        )
+    return ""
 
 
 def _ms(seconds: float) -> int:
@@ -307,6 +355,19 @@ def _check_key_pair(cert: Path, key: Path) -> None:
         ) from None
 
 
+def _check_client_ca(client_ca: Path) -> None:
+    """gRPC takes any bytes as CA certificates and then refuses every client: say what is wrong."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=client_ca)
+    except ssl.SSLError as error:
+        reason = error.reason or str(error)
+        raise OSError(
+            f"TLS: --tls-client-ca {client_ca} holds no PEM CA certificate ({reason})"
+        ) from None
+    except OSError as error:
+        raise OSError(f"TLS: --tls-client-ca {client_ca}: {error.strerror}") from None
+
+
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -319,24 +380,25 @@ def write_atomically(path: Path, text: str) -> None:
 
 def run(config: ServerConfig) -> None:
     """Serves until SIGINT or SIGTERM, then shuts down gracefully; a second signal during the
-    grace period stops it at once."""
+    grace period stops it at once. SIGHUP re-reads --auth-token-file."""
 
     async def main() -> None:
         server = Server(config)
         loop = asyncio.get_running_loop()
+        handlers: dict[signal.Signals, Callable[[], None]] = {}
         # Only the main thread receives signals: run() from another thread (embedding code)
         # leaves the process's handlers alone and is stopped with request_stop().
-        signals = (
-            (signal.SIGINT, signal.SIGTERM)
-            if threading.current_thread() is threading.main_thread()
-            else ()
-        )
-        for sig in signals:
-            loop.add_signal_handler(sig, server.request_stop)
+        if threading.current_thread() is threading.main_thread():
+            handlers = {signal.SIGINT: server.request_stop, signal.SIGTERM: server.request_stop}
+            if config.auth_token_file is not None:
+                # Without a token file SIGHUP keeps its usual meaning: the process ends.
+                handlers[signal.SIGHUP] = server.reload_tokens
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
         try:
             await server.serve()
         finally:
-            for sig in signals:
+            for sig in handlers:
                 loop.remove_signal_handler(sig)
 
     asyncio.run(main())

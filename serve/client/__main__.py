@@ -1,4 +1,6 @@
-"""`python -m serve.client IMAGE... [--top-k N] [--server HOST:PORT] [--model NAME]`."""
+"""`python -m serve.client IMAGE... [--top-k N] [--server HOST:PORT] [--model NAME]`, with
+`--tls-ca FILE` (and `--tls-cert/--tls-key` for mutual TLS) and `--token-file FILE` (or `--token`,
+or $TORCHGRPC_TOKEN) for a secured server."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from serve.client.api import DEFAULT_SERVER, Client, Result
+from serve.client.channels import add_security_arguments, security_from_args
 from serve.errors import TorchgrpcError
 
 
@@ -28,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--server", default=DEFAULT_SERVER, help="HOST:PORT")
     parser.add_argument("--model", default="", help="model name (default: the server's)")
+    add_security_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        with Client(args.server) as client:
+        client = Client(args.server, security=security_from_args(args))
+    except (OSError, ValueError) as error:  # options that don't go together, a missing file
+        parser.error(str(error))
+    try:
+        with client:
             result = client.classify(args.images, top_k=args.top_k, model=args.model)
             round_trip = client.last_round_trip
     except (TorchgrpcError, OSError) as error:

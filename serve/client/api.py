@@ -1,7 +1,7 @@
 """Clients for code: ``Client`` (blocking) and ``AsyncClient`` (asyncio), one shared core.
 
-Both speak torchgrpc.v1.Classifier. Failures raise ``serve.errors`` exceptions that carry the
-server's status and message.
+Both speak torchgrpc.v1.Classifier, over TLS and with a token when given a ``ChannelSecurity``.
+Failures raise ``serve.errors`` exceptions that carry the server's status and message.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Protocol, Self
 
 import grpc
 
+from serve.client.channels import PLAINTEXT, ChannelSecurity, open_aio_channel, open_channel
 from serve.errors import TorchgrpcError, error_from_status
 from serve.fronts.classification import Label
 from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
@@ -68,8 +69,14 @@ def _error(error: grpc.RpcError) -> TorchgrpcError:
 class Client:
     """Blocking client: ``with Client() as c: c.classify(["cat.jpg"], top_k=5)``."""
 
-    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._channel = grpc.insecure_channel(server)
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        security: ChannelSecurity = PLAINTEXT,
+    ) -> None:
+        self._channel = open_channel(server, security)
         self._stub = pb_grpc.ClassifierStub(self._channel)
         self._timeout = timeout
         self.last_round_trip = 0.0
@@ -102,8 +109,14 @@ class Client:
 class AsyncClient:
     """asyncio client: ``async with AsyncClient() as c: await c.classify([...])``."""
 
-    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self._channel = grpc.aio.insecure_channel(server)
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        security: ChannelSecurity = PLAINTEXT,
+    ) -> None:
+        self._channel = open_aio_channel(server, security)
         self._stub = pb_grpc.ClassifierStub(self._channel)
         self._timeout = timeout
 
