@@ -108,7 +108,7 @@ def test_missing_artifacts_stop_start_up_with_the_fix(tmp_path: Path) -> None:
     assert "make export MODEL=efficientnet_lite0" in done.stderr
 
 
-def test_tls_serves_securely_and_opening_it_up_does_not_warn(
+def test_tls_serves_securely_and_opened_up_warns_only_of_no_authentication(
     base_config: ServerConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -133,7 +133,9 @@ def test_tls_serves_securely_and_opening_it_up_does_not_warn(
                 inference_pb2.InferenceRequest(image=[CAT_JPG.read_bytes()]), timeout=5
             )
     assert list(reply.pred) == [EGYPTIAN_CAT]
-    assert not any("without TLS" in r.getMessage() for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert not any("without TLS" in message for message in warnings)
+    assert any("0.0.0.0 without authentication" in message for message in warnings)
 
 
 def test_the_server_takes_the_hard_open_files_limit(tmp_path: Path) -> None:
