@@ -15,7 +15,7 @@ from pathlib import Path
 
 from serve.config import add_arguments, load_config
 from serve.config_sources import PRECEDENCE, ConfigError, effective_toml
-from serve.errors import TorchgrpcError
+from serve.errors import START_UP_ERRORS
 from serve.logs import configure_logging
 from serve.process_limits import raise_open_files_limit
 from serve.server import run
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_workers(config, Path(folder))
         else:
             run(config)
-    except (TorchgrpcError, OSError, RuntimeError, TimeoutError) as error:
+    except START_UP_ERRORS as error:
         log.error("%s", error)
         return 1
     return 0

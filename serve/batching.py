@@ -37,6 +37,7 @@ from serve.errors import (
 )
 from serve.signature import row_count
 from serve.statistics import InferenceStatistics, StageTimes
+from serve.tracing import traced_rpc
 
 __all__ = ["Batcher", "BatchingConfig", "Call", "ReadyTensors", "RunBatch", "Tensors", "Work"]
 
@@ -247,7 +248,7 @@ class Batcher:
         request = _Request(rows, asyncio.get_running_loop().create_future(), call.deadline, rows)
         self._requests.add(request)
         try:
-            if self._may_run_alone(rows):
+            if one_hop := self._may_run_alone(rows):
                 outputs = await self._run_alone(work, request)
                 # The one hop made the inputs on the model's thread: its input stage.
                 decode_ns = request.times.input_ns
@@ -276,6 +277,12 @@ class Batcher:
         total_ns = time.perf_counter_ns() - started
         queue_ns = max(request.queue_ns, 0)
         self.statistics.record_success(rows, total_ns, queue_ns, decode_ns, request.times)
+        traced = traced_rpc.get()
+        if traced is not None:
+            times = request.times
+            # The one hop's input stage was the decoding.
+            compute_ns = times.infer_ns + times.output_ns + (0 if one_hop else times.input_ns)
+            traced.add_stages(started, decode_ns, queue_ns, compute_ns, started + total_ns)
         return outputs
 
     def _check_admissible(self, rows: int, call: Call) -> None:

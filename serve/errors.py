@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "START_UP_ERRORS",
     "ArtifactError",
     "BatchError",
     "DeadlineExpired",
@@ -130,6 +131,10 @@ def error_from_status(code: grpc.StatusCode, details: str) -> TorchgrpcError:
     error = TorchgrpcError(f"{code.name}: {details}")
     error.status_code = code
     return error
+
+
+# What stops a server from starting (or running): reported as one line, not a traceback.
+START_UP_ERRORS = (TorchgrpcError, OSError, RuntimeError, TimeoutError)
 
 
 class RepositoryError(ArtifactError):

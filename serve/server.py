@@ -88,10 +88,12 @@ class Server:
     async def start(self) -> None:
         """Opens the metrics listener (live, not ready), loads the start-up models (off the loop),
         binds, and reports SERVING once requests can run."""
-        # The security files are read first: a wrong one fails in a moment, not after the models.
+        # The security files and the tracing set-up come first: a wrong one fails in a moment,
+        # not after the models.
         credentials = self._credentials()
         if self.config.auth_token_file is not None:
             self._auth = TokenAuth(self.config.auth_token_file)
+        request_log = request_log_interceptors(self.config)
         self._control = ModelControl(self.config, self._decode_pool, self._model_health)
         if self.config.metrics_port:
             await self._listen_for_metrics(ServerMetrics(self._control.table, self.is_ready))
@@ -100,7 +102,7 @@ class Server:
         self._grpc = grpc.aio.server(
             options=self._grpc_options(),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs or None,
-            interceptors=[*request_log_interceptors(self.config), *self._auth_interceptors()],
+            interceptors=[*request_log, *self._auth_interceptors()],
         )
         services: list[WireService] = [
             TutorialService(self._core),

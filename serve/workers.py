@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 from types import FrameType
 
 from serve.config import LOOPBACK, ServerConfig
+from serve.errors import START_UP_ERRORS
+from serve.logs import configure_logging
 from serve.server import run, write_atomically
 
 __all__ = ["run_workers"]
@@ -44,11 +47,16 @@ def _worker_ready_file(folder: Path, index: int) -> Path:
     return folder / f"worker-{index}.json"
 
 
-def _serve_worker(config: ServerConfig, log_level: int) -> None:
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
-    )
-    run(config)
+def _serve_worker(config: ServerConfig) -> None:
+    # A spawned process starts with logging unconfigured: lines as the parent's, naming the worker.
+    configure_logging(config.log_level, config.log_format, process_name=True)
+    try:
+        run(config)
+    except START_UP_ERRORS as error:
+        # One line, as `python -m serve` says it, rather than multiprocessing's traceback (which
+        # is not a JSON line).
+        log.error("%s", error)
+        raise SystemExit(1) from None
 
 
 def run_workers(config: ServerConfig, ready_folder: Path) -> None:
@@ -67,7 +75,7 @@ def run_workers(config: ServerConfig, ready_folder: Path) -> None:
             )
             process = context.Process(
                 target=_serve_worker,
-                args=(worker_config, logging.getLogger().level),
+                args=(worker_config,),
                 name=f"worker-{index}",
             )
             process.start()
@@ -83,7 +91,16 @@ def run_workers(config: ServerConfig, ready_folder: Path) -> None:
             if process.is_alive() and process.pid is not None:
                 process.terminate()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+    handlers = {signal.SIGINT: stop, signal.SIGTERM: stop}
+    if config.auth_token_file is not None:
+        # Each worker re-reads the token file (without one, SIGHUP ends the process as usual).
+        handlers[signal.SIGHUP] = forward
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
         for process in processes:
             process.join()
