@@ -512,6 +512,22 @@ def test_sighup_rereads_the_tokens_and_keeps_them_when_the_file_is_unusable(
         assert server.running()
 
 
+def test_sighup_to_the_parent_of_workers_reaches_every_worker(
+    tmp_path: Path, lite0_export: object
+) -> None:
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("old-token\n")
+    arguments = ["--model-repository", str(TEST_ARTIFACTS), "--models", "efficientnet_lite0",
+                 "--workers", "2", "--auth-token-file", str(tokens)]  # fmt: skip
+    with ServerProcess(arguments) as server:
+        tokens.write_text("new-token\n")
+        os.kill(server.pid, signal.SIGHUP)
+        wait_for(lambda: server.output().count("re-read: 1 token(s) accepted") == 2, "both")
+        # Each call on a connection of its own, which the kernel gives either worker.
+        assert {answer(server.address, "new-token") for _ in range(6)} == {grpc.StatusCode.OK}
+        assert server.running()
+
+
 # ---- The interceptor, on every shape of method ----
 
 

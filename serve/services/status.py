@@ -38,6 +38,7 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 UnaryHandler = Callable[[Service, Request, Context], Awaitable[Response]]
 _OK = grpc.StatusCode.OK
+_DEADLINE_SLACK = 0.05
 
 
 def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
@@ -58,7 +59,9 @@ def code_of(error: BaseException) -> grpc.StatusCode:
 def cancelled_status(context: Context) -> grpc.StatusCode:
     """Why a call's handler was cancelled: its deadline passed, or its client gave up."""
     deadline = deadline_of(context)
-    if deadline is not None and time.monotonic() >= deadline:
+    # gRPC cancels a call whose client deadline passes a few milliseconds before the server's
+    # clock says so.
+    if deadline is not None and time.monotonic() >= deadline - _DEADLINE_SLACK:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
