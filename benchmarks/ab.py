@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         "--args",
         default="",
         help="more options for this checkout's server, e.g. '--auth-token-file /tmp/t.txt' "
-        "(the same revision as --base then measures what the options cost)",
+        "(the same revision as --base then measures what the options cost); a lone option "
+        "needs the = form: --args=--access-log",
     )
     parser.add_argument("--base-args", default="", help="more options for the base's server")
     parser.add_argument(

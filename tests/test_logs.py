@@ -30,6 +30,7 @@ from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
 from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
 from serve.services.request_log import MAX_ID_LENGTH, RequestLog
 from tests.conftest import ROOT, TEST_ARTIFACTS, ServerThread, config_with
+from tests.rpc_calls import ended
 from tests.test_metrics import CAT, LITE0, NOT_AN_IMAGE, RESNET, kserve_request
 
 OK, INVALID = grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT
@@ -368,15 +369,7 @@ async def call_of_shape(
         call = channel.stream_unary(method)(requests(), metadata=metadata, timeout=TIMEOUT)
     else:
         call = channel.stream_stream(method)(requests(), metadata=metadata, timeout=TIMEOUT)
-    try:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    except grpc.aio.AioRpcError as error:
-        return list(error.trailing_metadata()), error.code()
-    return list(await call.trailing_metadata()), await call.code()
+    return await ended(call)
 
 
 # Real server processes, logging JSON lines to stderr.

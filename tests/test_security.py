@@ -36,6 +36,7 @@ from serve.pb.torchgrpc.v1 import classifier_pb2 as pb
 from serve.pb.torchgrpc.v1 import classifier_pb2_grpc as pb_grpc
 from tests.certificates import Certificates, make_certificates
 from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, TEST_ARTIFACTS, ServerThread
+from tests.rpc_calls import ended
 from tests.tiny_models import ADDER_CONFIG, write_model_folder
 
 TOKEN, OTHER_TOKEN = "first-token-7f3a9c", "second-token-2b8e41"
@@ -604,18 +605,6 @@ async def calls_of_each_shape(
         channel.stream_stream("/t.Shapes/StreamStream")(requests(), metadata=metadata, timeout=10),
     ]
     try:
-        return [await status_of(call) for call in calls]
+        return [(await ended(call))[1] for call in calls]
     finally:
         done.set()
-
-
-async def status_of(call: Any) -> grpc.StatusCode:
-    try:
-        if hasattr(call, "__aiter__"):
-            async for _ in call:
-                pass
-        else:
-            await call
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
