@@ -151,9 +151,10 @@ class ServerConfig:
         Path,
     )
     max_concurrent_rpcs: int = _setting(
-        4096,
+        1024,
         "most RPCs (streams included) served at once by the server; more get "
-        "RESOURCE_EXHAUSTED; 0 = unlimited",
+        "RESOURCE_EXHAUSTED; bounds the memory that calls sending nothing can hold; "
+        "0 = unlimited",
     )
     max_streams_per_connection: int = _setting(
         128,
