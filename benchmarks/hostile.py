@@ -4,7 +4,9 @@ Opens ``--calls`` calls that send their headers and then nothing (no message, no
 ``--connections`` connections, waits, and reports the server's resident memory before and after,
 how the calls ended (a server's default deadline ends them; its concurrent-call limit refuses the
 excess at once) and whether a well-behaved client on a connection of its own is still answered,
-and how fast. With ``--base REV`` the same runs against revision REV's server first, side by side.
+and how fast. Over one connection a server that limits its streams per connection sees only that
+many: gRPC's client queues the rest; ``--connections 100`` reaches the concurrent-call limit.
+With ``--base REV`` the same runs against revision REV's server first, side by side.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import shlex
 import time
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     image = (SAMPLE_IMAGES / "cat.jpg").read_bytes()
     arguments = ["--model", DEFAULT_MODEL, "--backend", "onnxruntime",
-                 "--artifacts", str(args.artifacts.resolve()), *args.args.split()]  # fmt: skip
+                 "--artifacts", str(args.artifacts.resolve()), *shlex.split(args.args)]  # fmt: skip
     with ExitStack() as stack:
         trees = {"this checkout": ROOT}
         if args.base:

@@ -1,5 +1,5 @@
 """Bearer tokens: the token file (``--auth-token-file``), and the interceptor that refuses every
-RPC without one of its tokens (grpc.health.v1 excepted: probes carry no token).
+RPC without one of its tokens (grpc.health.v1's Check excepted: probes carry no token).
 
 The file holds one token per line; blank lines and lines starting with ``#`` are skipped. A
 client sends ``authorization: Bearer <token>`` metadata; a missing, malformed or unknown token is
@@ -19,13 +19,15 @@ import grpc
 
 from serve.errors import Unauthenticated
 
-__all__ = ["EXEMPT_SERVICE", "TokenAuth", "read_tokens"]
+__all__ = ["EXEMPT_METHOD", "EXEMPT_SERVICE", "TokenAuth", "read_tokens"]
 
 log = logging.getLogger("serve")
 
-# Liveness and readiness probes (kubelet, load balancers) can't be given a token.
+# Liveness and readiness probes (kubelet, load balancers) can't be given a token. Only Check:
+# Watch streams last as long as their clients like, and without a token anyone could fill the
+# server's --max-concurrent-rpcs with them (a gRPC client's own health checking sends its token).
 EXEMPT_SERVICE = "grpc.health.v1.Health"
-_EXEMPT_PREFIX = f"/{EXEMPT_SERVICE}/"
+EXEMPT_METHOD = f"/{EXEMPT_SERVICE}/Check"
 _SCHEME = "bearer"
 
 # grpc's classes are generic only in grpc-stubs: subscripted for mypy, bare at run time.
@@ -108,7 +110,7 @@ class TokenAuth(_Interceptor):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
-        if handler_call_details.method.startswith(_EXEMPT_PREFIX):
+        if handler_call_details.method == EXEMPT_METHOD:
             return await continuation(handler_call_details)
         refusal = self._refusal(handler_call_details.invocation_metadata)
         if refusal is not None:

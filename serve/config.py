@@ -10,6 +10,8 @@ environment, flags.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +48,8 @@ AUTOMATIC = 0
 # --metrics-port: 0 turns metrics off, this picks a free port (as --port 0 does).
 FREE_PORT = -1
 MODEL_CONTROL_MODES = ("none", "poll", "explicit")
+# The longest time a setting may give, in seconds: about 24 days.
+MAX_SECONDS = (2**31 - 1) // 1000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 
@@ -146,7 +150,7 @@ class ServerConfig:
     auth_token_file: Path | None = _setting(
         None,
         "file of accepted bearer tokens, one per line ('#' starts a comment); re-read on "
-        "SIGHUP. Every RPC but grpc.health.v1 then needs 'authorization: Bearer <token>' "
+        "SIGHUP. Every RPC but grpc.health.v1's Check then needs 'authorization: Bearer <token>' "
         "metadata, or gets UNAUTHENTICATED",
         Path,
     )
@@ -277,6 +281,13 @@ class ServerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = off)", name)
+        for setting in dataclasses.fields(self):
+            value = getattr(self, setting.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{setting.name} must be a finite number", setting.name)
+            if setting.name.endswith("_seconds") and value > MAX_SECONDS:
+                # gRPC takes its times as milliseconds in a C int.
+                raise ConfigError(f"{setting.name} must be at most {MAX_SECONDS:,}", setting.name)
         for name in ("keepalive_seconds", "keepalive_timeout_seconds", "min_client_ping_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive", name)

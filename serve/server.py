@@ -36,7 +36,7 @@ from serve.services import WireService
 from serve.services.classifier import ClassifierService
 from serve.services.kserve import KServeService
 from serve.services.metering import metering
-from serve.services.mounting import WireLimits, transport_message_bytes
+from serve.services.mounting import WireLimits, mount, transport_message_bytes
 from serve.services.reflection import enable_reflection
 from serve.services.request_log import request_log_interceptors
 from serve.services.tutorial import TutorialService
@@ -112,7 +112,9 @@ class Server:
         limits = WireLimits(self.config.max_message_bytes, self.config.default_deadline_seconds)
         for service in services:
             service.register(self._grpc, limits)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        # Mounted as ours are: a probe's Check that never sends its message ends at the default
+        # deadline instead of holding a call (Check needs no token).
+        mount(health_pb2_grpc.add_HealthServicer_to_server, self._health, self._grpc, limits)
         names = [s.SERVICE_NAME for s in services]
         enable_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name], self._grpc

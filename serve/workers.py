@@ -62,29 +62,7 @@ def _serve_worker(config: ServerConfig) -> None:
 def run_workers(config: ServerConfig, ready_folder: Path) -> None:
     """Runs ``config.workers`` servers on one port until SIGINT/SIGTERM, then stops them all."""
     context = multiprocessing.get_context("spawn")  # no fork: PyTorch and gRPC threads
-    with _reserved_port(config) as port:
-        processes = []
-        for index in range(config.workers):
-            # Each worker has metrics of its own, so a port of its own (0 and -1 stay as they are).
-            metrics_port = config.metrics_port + (index if config.metrics_port > 0 else 0)
-            worker_config = replace(
-                config,
-                port=port,
-                metrics_port=metrics_port,
-                ready_file=_worker_ready_file(ready_folder, index),
-            )
-            process = context.Process(
-                target=_serve_worker,
-                args=(worker_config,),
-                name=f"worker-{index}",
-            )
-            process.start()
-            processes.append(process)
-        _wait_until_ready(ready_folder, processes)
-    log.info("%d workers serving on port %d", config.workers, port)
-    if config.ready_file is not None:
-        pids = [p.pid for p in processes]
-        write_atomically(config.ready_file, json.dumps({"port": port, "workers": pids}))
+    processes: list[multiprocessing.process.BaseProcess] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
         for process in processes:
@@ -100,10 +78,33 @@ def run_workers(config: ServerConfig, ready_folder: Path) -> None:
     if config.auth_token_file is not None:
         # Each worker re-reads the token file (without one, SIGHUP ends the process as usual).
         handlers[signal.SIGHUP] = forward
+    # Installed before the first worker starts: a signal during start-up must not end the
+    # parent alone, leaving its workers serving with nobody to stop them.
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
     try:
-        for process in processes:
-            process.join()
+        with _reserved_port(config) as port:
+            for index in range(config.workers):
+                # Each worker has metrics of its own, so a port of its own (0 and -1 stay as
+                # they are).
+                metrics_port = config.metrics_port + (index if config.metrics_port > 0 else 0)
+                worker_config = replace(
+                    config,
+                    port=port,
+                    metrics_port=metrics_port,
+                    ready_file=_worker_ready_file(ready_folder, index),
+                )
+                process = context.Process(
+                    target=_serve_worker, args=(worker_config,), name=f"worker-{index}"
+                )
+                process.start()
+                processes.append(process)
+            _wait_until_ready(ready_folder, processes)
+        log.info("%d workers serving on port %d", config.workers, port)
+        if config.ready_file is not None:
+            pids = [p.pid for p in processes]
+            write_atomically(config.ready_file, json.dumps({"port": port, "workers": pids}))
+        for worker in processes:
+            worker.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

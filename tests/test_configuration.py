@@ -137,6 +137,17 @@ def test_a_bad_value_names_the_setting_and_its_source(
     )
 
 
+def test_times_must_be_finite_and_fit_grpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NaN passes every comparison: unchecked, it would end each call at once, or fail late.
+    monkeypatch.setenv("TORCHGRPC_DEFAULT_DEADLINE_SECONDS", "nan")
+    assert refusal().startswith("default_deadline_seconds must be a finite number")
+    monkeypatch.delenv("TORCHGRPC_DEFAULT_DEADLINE_SECONDS")
+    assert refusal("--keepalive-seconds", "inf").startswith("keepalive_seconds must be a finite")
+    assert refusal("--max-connection-age-seconds", "3e6").startswith(
+        "max_connection_age_seconds must be at most 2,147,483"
+    )
+
+
 def test_a_file_that_cant_be_read_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
     assert refusal("--config", str(missing)) == f"config file {missing}: No such file or directory"

@@ -306,10 +306,18 @@ def test_a_server_streaming_client_is_refused_too(without_token: grpc.Channel) -
     assert error.value.code() == UNAUTHENTICATED
 
 
-def test_health_needs_no_token(without_token: grpc.Channel) -> None:
+def test_health_checks_need_no_token_but_watches_do(
+    with_token: grpc.Channel, without_token: grpc.Channel
+) -> None:
     assert health(without_token) == SERVING
+    # A Watch stream lasts as long as its client likes: without a token, anyone could fill the
+    # server's concurrent calls with them.
     request = health_pb2.HealthCheckRequest(service="")
-    watch = health_pb2_grpc.HealthStub(without_token).Watch(request, timeout=30)
+    refused = health_pb2_grpc.HealthStub(without_token).Watch(request, timeout=30)
+    with pytest.raises(grpc.RpcError) as error:
+        next(refused)
+    assert error.value.code() == UNAUTHENTICATED
+    watch = health_pb2_grpc.HealthStub(with_token).Watch(request, timeout=30)
     assert next(watch).status == SERVING  # a server stream
     watch.cancel()
 

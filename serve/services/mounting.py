@@ -161,7 +161,8 @@ def _unary_from_stream(
             async with asyncio.timeout_at(deadline):
                 return await behaviour(await _the_request(requests, context), context)
         except TimeoutError:
-            pass
+            if context.code() is not None:
+                return None  # the deadline came while a status was being sent: it stands
         await context.abort(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"the call set no deadline, and the server's default ({deadline_seconds:g} s) "

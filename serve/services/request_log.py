@@ -208,6 +208,9 @@ def _status(context: Context, error: BaseException | None) -> grpc.StatusCode:
     # What abort() or set_code() set, if anything.
     code: grpc.StatusCode | None = context.code()
     if error is None or isinstance(error, grpc.aio.AbortError):
+        if code is None and context.cancelled():
+            # A stream whose client cancelled may see its requests end rather than be cancelled.
+            return cancelled_status(context)
         return code or grpc.StatusCode.OK
     # Any other exception: gRPC answers UNKNOWN unless the handler set a failure code first.
     return code if code not in (None, grpc.StatusCode.OK) else grpc.StatusCode.UNKNOWN
