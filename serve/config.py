@@ -37,7 +37,6 @@ __all__ = [
     "LOOPBACK",
     "ServerConfig",
     "add_arguments",
-    "config_from_args",
     "load_config",
 ]
 
@@ -231,8 +230,6 @@ class ServerConfig:
             raise ConfigError(
                 "--model-control explicit needs --workers 1", "model_control", "workers"
             )
-        if not self.repository_poll_seconds > 0:
-            raise ConfigError("repository_poll_seconds must be positive", "repository_poll_seconds")
         if self.backend != AUTO and self.backend not in BACKENDS:
             raise ConfigError(
                 f"unknown backend {self.backend!r} (known: {', '.join(BACKENDS)})", "backend"
@@ -268,10 +265,6 @@ class ServerConfig:
                 f"unknown log format {self.log_format!r} (known: {', '.join(LOG_FORMATS)})",
                 "log_format",
             )
-        if self.max_streams_per_connection < 1:
-            raise ConfigError(
-                "max_streams_per_connection must be positive", "max_streams_per_connection"
-            )
         for name in (
             "max_concurrent_rpcs",
             "default_deadline_seconds",
@@ -288,17 +281,19 @@ class ServerConfig:
             if setting.name.endswith("_seconds") and value > MAX_SECONDS:
                 # gRPC takes its times as milliseconds in a C int.
                 raise ConfigError(f"{setting.name} must be at most {MAX_SECONDS:,}", setting.name)
-        for name in ("keepalive_seconds", "keepalive_timeout_seconds", "min_client_ping_seconds"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be positive", name)
         for name in (
+            "repository_poll_seconds",
             "max_message_bytes",
             "max_pixels",
             "max_request_pixels",
             "max_images_per_request",
+            "max_streams_per_connection",
+            "keepalive_seconds",
+            "keepalive_timeout_seconds",
+            "min_client_ping_seconds",
             "workers",
         ):
-            if getattr(self, name) < 1:
+            if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive", name)
         for name in ("instances", "threads", "decode_threads", "max_batch_size"):
             if getattr(self, name) < 0:
@@ -354,9 +349,3 @@ def load_config(
     Raises ``ConfigError``: one line naming the setting at fault and where its value came from.
     """
     return config_sources.load(ServerConfig, args, environ or {})
-
-
-def config_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> ServerConfig:
-    return load_config(args, environ).config

@@ -46,6 +46,8 @@ def limited(base_config: ServerConfig) -> Iterator[ServerThread]:
         default_deadline_seconds=1.0,
         max_streams_per_connection=STREAMS_PER_CONNECTION,
         max_concurrent_rpcs=CONCURRENT_RPCS,
+        # gRPC's own default is five minutes: a client pinging every 4 s passes only with this.
+        min_client_ping_seconds=3.0,
     )
     with ServerThread(config) as running:
         yield running
@@ -240,14 +242,18 @@ def test_concurrent_rpcs_are_limited_with_resource_exhausted(limited: ServerThre
         channel.close()
 
 
-def test_a_client_pinging_too_often_is_sent_away(limited: ServerThread) -> None:
-    abusive = [
-        ("grpc.keepalive_time_ms", 50),
+def pinging(every_ms: int) -> list[tuple[str, int]]:
+    """Options of a client that pings its server every ``every_ms``, calls open or not."""
+    return [
+        ("grpc.keepalive_time_ms", every_ms),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.use_local_subchannel_pool", 1),
     ]
-    with grpc.insecure_channel(limited.address, options=abusive) as channel:
+
+
+def test_a_client_pinging_too_often_is_sent_away(limited: ServerThread) -> None:
+    with grpc.insecure_channel(limited.address, options=pinging(50)) as channel:
         held = HeldStreams(channel, 1)
         try:
             assert held.started() == [grpc.StatusCode.OK]
@@ -259,14 +265,35 @@ def test_a_client_pinging_too_often_is_sent_away(limited: ServerThread) -> None:
     assert error.value.details() == "Too many pings"
 
 
+def test_a_client_pinging_within_the_policy_keeps_its_stream(limited: ServerThread) -> None:
+    with grpc.insecure_channel(limited.address, options=pinging(4000)) as channel:
+        held = HeldStreams(channel, 1)
+        assert held.started() == [grpc.StatusCode.OK]
+        time.sleep(13)  # three pings: gRPC's default policy would send it away at the third
+        held.release()
+        assert held.calls[0].code() == grpc.StatusCode.OK
+
+
 @pytest.fixture(scope="module")
 def short_lived(base_config: ServerConfig) -> Iterator[ServerThread]:
     config = config_with(
         base_config,
         models=("efficientnet_lite0",),
-        max_connection_idle_seconds=1.0,
         max_connection_age_seconds=1.0,
         max_connection_age_grace_seconds=1.0,
+    )
+    with ServerThread(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def closing_idle(base_config: ServerConfig) -> Iterator[ServerThread]:
+    """Connections closed after a second without a call, and no other limit on their age."""
+    config = config_with(
+        base_config,
+        models=("efficientnet_lite0",),
+        max_connection_idle_seconds=1.0,
+        max_connection_age_seconds=0.0,
     )
     with ServerThread(config) as running:
         yield running
@@ -288,8 +315,8 @@ def test_a_connection_past_its_age_and_grace_is_closed_and_clients_reconnect(
         assert classify(channel, timeout=30).classifications
 
 
-def test_an_idle_connection_is_closed(short_lived: ServerThread) -> None:
-    with grpc.insecure_channel(short_lived.address) as channel:
+def test_an_idle_connection_is_closed(closing_idle: ServerThread) -> None:
+    with grpc.insecure_channel(closing_idle.address) as channel:
         assert classify(channel, timeout=30).classifications
         ready = grpc.ChannelConnectivity.READY
         states: list[grpc.ChannelConnectivity] = []

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from serve.config import FREE_PORT, ServerConfig, add_arguments, config_from_args
+from serve.config import FREE_PORT, ServerConfig, add_arguments, load_config
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.pb.kserve import grpc_service_pb2 as kserve
 from serve.pb.kserve import grpc_service_pb2_grpc as kserve_grpc
@@ -325,9 +325,9 @@ def test_bad_metrics_ports_are_refused(changes: dict[str, int], message: str) ->
 def test_the_cli_takes_the_metrics_port() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert config_from_args(parser.parse_args([])).metrics_port == 8002
-    assert config_from_args(parser.parse_args(["--metrics-port", "0"])).metrics_port == 0
-    assert config_from_args(parser.parse_args(["--metrics-port", "-1"])).metrics_port == FREE_PORT
+    assert load_config(parser.parse_args([])).config.metrics_port == 8002
+    assert load_config(parser.parse_args(["--metrics-port", "0"])).config.metrics_port == 0
+    assert load_config(parser.parse_args(["--metrics-port", "-1"])).config.metrics_port == FREE_PORT
 
 
 def test_a_duration_on_a_bucket_bound_counts_in_that_bucket() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from serve.config import ServerConfig, add_arguments, config_from_args
+from serve.config import ServerConfig, add_arguments, load_config
 from serve.pb import inference_pb2, inference_pb2_grpc
 from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, ServerThread, config_with
 
@@ -23,7 +23,7 @@ from tests.conftest import CAT_JPG, EGYPTIAN_CAT, ROOT, ServerThread, config_wit
 def parse(*argv: str) -> ServerConfig:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return config_from_args(parser.parse_args(argv))
+    return load_config(parser.parse_args(argv)).config
 
 
 def test_every_setting_has_an_option_with_help() -> None:
