@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +23,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks.process import ServerProcess
 from export.pipeline import ExportResult
 from serve.config import ServerConfig
 from serve.pb import inference_pb2, inference_pb2_grpc
@@ -375,51 +378,25 @@ async def call_of_shape(
 # Real server processes, logging JSON lines to stderr.
 
 
-class JsonLoggingServer:
-    """``python -m serve ARGUMENTS --log-format json --access-log``; ``lines`` holds what it
-    wrote to stderr, parsed, once it has stopped."""
+JSON_LOGGING = ["--log-format", "json", "--access-log"]
 
-    def __init__(self, arguments: list[str], folder: Path) -> None:
-        self._ready, self._stderr = folder / "ready.json", folder / "stderr.log"
-        self._command = [sys.executable, "-m", "serve", "--port", "0", "--metrics-port", "0",
-                         "--ready-file", str(self._ready), "--log-format", "json", "--access-log",
-                         *arguments]  # fmt: skip
-        self.lines: list[Any] = []
 
-    def __enter__(self) -> str:
-        """Starts it, and returns its address once it is ready."""
-        with self._stderr.open("wb") as log:
-            self._process = subprocess.Popen(self._command, cwd=ROOT, stdout=log, stderr=log)
-        deadline = time.monotonic() + 120
-        while not self._ready.exists() and time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not self._ready.exists():
-            self._process.kill()
-            self._process.wait()
-            raise RuntimeError(f"the server did not start:\n{self.output()}")
-        return f"127.0.0.1:{json.loads(self._ready.read_text())['port']}"
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._process.terminate()
-        assert self._process.wait(timeout=60) == 0
-        self.lines = [json.loads(line) for line in self.output().splitlines()]
-
-    def output(self) -> str:
-        return self._stderr.read_text()
+def json_lines(server: ServerProcess) -> list[Any]:
+    """What ``server`` wrote, each line parsed, once SIGTERM has stopped it cleanly."""
+    os.kill(server.pid, signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
+    return [json.loads(line) for line in server.output().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def json_log(lite0_export: ExportResult, tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+def json_log(lite0_export: ExportResult) -> list[Any]:
     """The lines a real server wrote while it served a few calls."""
-    server = JsonLoggingServer(
-        ["--model", LITE0, "--artifacts", str(TEST_ARTIFACTS)], tmp_path_factory.mktemp("json")
-    )
-    with server as address, grpc.insecure_channel(address) as channel:
-        for name in ("classify", "tutorial-bad-image", "model-stream-infer"):
-            CALLS[name][0](channel, [("x-request-id", f"json-{name}")])
-    return server.lines
+    arguments = ["--model", LITE0, "--artifacts", str(TEST_ARTIFACTS), *JSON_LOGGING]
+    with ServerProcess(arguments) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            for name in ("classify", "tutorial-bad-image", "model-stream-infer"):
+                CALLS[name][0](channel, [("x-request-id", f"json-{name}")])
+        return json_lines(server)
 
 
 def test_a_real_server_writes_one_json_object_per_line(json_log: list[Any]) -> None:
@@ -455,19 +432,18 @@ def test_a_real_server_writes_access_lines_as_json(json_log: list[Any]) -> None:
     }  # fmt: skip
 
 
-def test_workers_write_json_lines_naming_themselves(
-    lite0_export: ExportResult, tmp_path: Path
-) -> None:
+def test_workers_write_json_lines_naming_themselves(lite0_export: ExportResult) -> None:
     """--workers: each worker is a process of its own, which sets its logging up as the parent
     does."""
     arguments = ["--workers", "2", "--model", LITE0, "--artifacts", str(TEST_ARTIFACTS)]
-    server = JsonLoggingServer(arguments, tmp_path)
-    with server as address, grpc.insecure_channel(address) as channel:
-        for number in range(4):
-            server_live(channel, [("x-request-id", f"worker-call-{number}")])
-    serving = [line for line in server.lines if line["message"].startswith("serving ")]
+    with ServerProcess([*arguments, *JSON_LOGGING]) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            for number in range(4):
+                server_live(channel, [("x-request-id", f"worker-call-{number}")])
+        lines = json_lines(server)
+    serving = [line for line in lines if line["message"].startswith("serving ")]
     assert sorted(line["process"] for line in serving) == ["worker-0", "worker-1"]
-    accesses = [line for line in server.lines if line["logger"] == "serve.access"]
+    accesses = [line for line in lines if line["logger"] == "serve.access"]
     assert sorted(line["request_id"] for line in accesses) == [
         f"worker-call-{number}" for number in range(4)
     ]
@@ -477,10 +453,10 @@ def test_workers_write_json_lines_naming_themselves(
 def test_a_worker_that_fails_to_start_says_why_in_one_json_line(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     arguments = ["--workers", "2", "--model-repository", str(tmp_path / "models")]
-    server = JsonLoggingServer(arguments, tmp_path)
-    with pytest.raises(RuntimeError, match="did not start"):
-        server.__enter__()
-    lines = [json.loads(line) for line in server.output().splitlines()]
+    with pytest.raises(RuntimeError, match="exited at start-up") as failed:
+        ServerProcess([*arguments, *JSON_LOGGING]).__enter__()
+    # The error's first line says the server exited; what it wrote follows.
+    lines = [json.loads(line) for line in str(failed.value).splitlines()[1:]]
     failures = [line for line in lines if line["level"] == "ERROR" and "process" in line]
     assert failures and all("has no model" in line["message"] for line in failures)
 
