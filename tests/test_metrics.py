@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import struct
 import threading
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from benchmarks import bench
 from serve.config import FREE_PORT, ServerConfig, add_arguments, load_config
 from serve.pb import inference_pb2, inference_pb2_grpc
 from serve.pb.kserve import grpc_service_pb2 as kserve
@@ -68,12 +68,8 @@ def scrape_of(port: int) -> Scrape:
 
 
 def kserve_request(image: bytes, model: str = LITE0) -> kserve.ModelInferRequest:
-    return kserve.ModelInferRequest(
-        model_name=model,
-        inputs=[kserve.ModelInferRequest.InferInputTensor(
-            name="image", datatype="BYTES", shape=[1, 1])],
-        raw_input_contents=[struct.pack("<I", len(image)) + image],
-    )  # fmt: skip
+    """One encoded image, as the load generator (and tritonclient) sends it."""
+    return bench.kserve_request("kserve", [image], model)
 
 
 @pytest.fixture(scope="module")
