@@ -48,9 +48,11 @@ def transport_message_bytes(max_message_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class WireLimits:
-    max_message_bytes: int = 64 * 1024 * 1024
+    """What ``mount`` applies (their defaults are ServerConfig's)."""
+
+    max_message_bytes: int
     # Of unary calls whose client set none, in seconds; 0 = none.
-    default_deadline: float = 60.0
+    default_deadline: float
 
 
 class Undecodable:
