@@ -37,11 +37,17 @@ CONCURRENT_RPCS = 8
 SETTINGS_MAX_CONCURRENT_STREAMS = 3
 
 
+def lite0_server(base_config: ServerConfig, **changes: object) -> Iterator[ServerThread]:
+    """A server of the default model alone, with ``changes`` to the session's settings."""
+    config = config_with(base_config, models=("efficientnet_lite0",), **changes)
+    with ServerThread(config) as running:
+        yield running
+
+
 @pytest.fixture(scope="module")
 def limited(base_config: ServerConfig) -> Iterator[ServerThread]:
-    config = config_with(
+    yield from lite0_server(
         base_config,
-        models=("efficientnet_lite0",),
         max_message_bytes=MESSAGE_LIMIT,
         default_deadline_seconds=1.0,
         max_streams_per_connection=STREAMS_PER_CONNECTION,
@@ -49,8 +55,6 @@ def limited(base_config: ServerConfig) -> Iterator[ServerThread]:
         # gRPC's own default is five minutes: a client pinging every 4 s passes only with this.
         min_client_ping_seconds=3.0,
     )
-    with ServerThread(config) as running:
-        yield running
 
 
 def raw_call(channel: grpc.Channel, method: str) -> grpc.StreamStreamMultiCallable:
@@ -276,27 +280,17 @@ def test_a_client_pinging_within_the_policy_keeps_its_stream(limited: ServerThre
 
 @pytest.fixture(scope="module")
 def short_lived(base_config: ServerConfig) -> Iterator[ServerThread]:
-    config = config_with(
-        base_config,
-        models=("efficientnet_lite0",),
-        max_connection_age_seconds=1.0,
-        max_connection_age_grace_seconds=1.0,
+    yield from lite0_server(
+        base_config, max_connection_age_seconds=1.0, max_connection_age_grace_seconds=1.0
     )
-    with ServerThread(config) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
 def closing_idle(base_config: ServerConfig) -> Iterator[ServerThread]:
     """Connections closed after a second without a call, and no other limit on their age."""
-    config = config_with(
-        base_config,
-        models=("efficientnet_lite0",),
-        max_connection_idle_seconds=1.0,
-        max_connection_age_seconds=0.0,
+    yield from lite0_server(
+        base_config, max_connection_idle_seconds=1.0, max_connection_age_seconds=0.0
     )
-    with ServerThread(config) as running:
-        yield running
 
 
 def test_a_connection_past_its_age_and_grace_is_closed_and_clients_reconnect(
